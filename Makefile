@@ -1,0 +1,34 @@
+# The verbs: setup, run, test, bench, lint, install, deb.
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.setup-stamp
+RUN_ARGS ?=
+BENCH_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench lint install uninstall deb clean
+
+setup:
+	./scripts/setup.sh
+
+$(STAMP): pyproject.toml requirements-dev.txt scripts/setup.sh
+	./scripts/setup.sh
+
+# The daemon in the foreground, on built-in defaults, state and socket
+# under ./run so that it needs nothing installed system-wide.
+run: $(STAMP)
+	$(VENV)/bin/portwatchd --state-dir run/state --socket run/control.sock $(RUN_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf run dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache

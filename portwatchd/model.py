@@ -1,0 +1,199 @@
+"""The values every part of portwatchd speaks in: endpoints, owners, events.
+
+Pure data: nothing here touches the operating system, so the client
+(`portwatchctl`) and the core can both import it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Proto = Literal["tcp", "udp"]
+Family = Literal["ipv4", "ipv6"]
+EventType = Literal["opened", "closed"]
+# "scan": seen change between two scans of a running daemon.
+# "startup": the change happened while the daemon was not running; it was
+# found by diffing the first scan against the snapshot persisted at shutdown.
+Detection = Literal["scan", "startup"]
+
+PROTOS: tuple[Proto, ...] = ("tcp", "udp")
+FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
+EVENT_TYPES: tuple[EventType, ...] = ("opened", "closed")
+
+
+def endpoint_key(proto: str, address: str, port: int, interface: str = "") -> str:
+    """The one canonical name of a listening endpoint.
+
+    It keeps the original monitor's "proto:address:port" shape; IPv6 goes in
+    brackets so the port stays unambiguous, and a socket bound to a device
+    (SO_BINDTODEVICE) carries the device after a "%", as in a scoped address:
+
+    >>> endpoint_key("tcp", "0.0.0.0", 22)
+    'tcp:0.0.0.0:22'
+    >>> endpoint_key("udp", "::ffff:127.0.0.1", 53)
+    'udp:[::ffff:127.0.0.1]:53'
+    >>> endpoint_key("udp", "127.0.0.53", 53, "lo")
+    'udp:127.0.0.53%lo:53'
+    >>> endpoint_key("tcp", "fe80::1", 22, "eth0")
+    'tcp:[fe80::1%eth0]:22'
+    """
+    host = f"{address}%{interface}" if interface else address
+    if ":" in address:
+        host = f"[{host}]"
+    return f"{proto}:{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One listening socket: a TCP socket in LISTEN, or a bound, unconnected UDP socket."""
+
+    proto: Proto
+    family: Family
+    address: str  # inet_ntop form: "0.0.0.0", "::", "::ffff:127.0.0.1"
+    port: int
+    interface: str = ""  # SO_BINDTODEVICE name; "" when unbound or unknown
+    v6only: bool | None = None  # None where the source cannot tell (/proc)
+    inode: int = 0
+    uid: int = -1
+
+    @property
+    def key(self) -> str:
+        return endpoint_key(self.proto, self.address, self.port, self.interface)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "proto": self.proto,
+            "family": self.family,
+            "address": self.address,
+            "port": self.port,
+            "interface": self.interface,
+            "v6only": self.v6only,
+            "inode": self.inode,
+            "uid": self.uid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Endpoint:
+        return cls(
+            proto=data["proto"],
+            family=data["family"],
+            address=data["address"],
+            port=int(data["port"]),
+            interface=data.get("interface", ""),
+            v6only=data.get("v6only"),
+            inode=int(data.get("inode", 0)),
+            uid=int(data.get("uid", -1)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The process holding a socket, as far as /proc let us see it.
+
+    Several processes can hold one socket (a server that forks after
+    listen()); `pids` lists them all and `pid` names the main one, the
+    oldest. Every field is None when it could not be seen: never a guess.
+    """
+
+    pid: int | None = None
+    pids: tuple[int, ...] = ()
+    comm: str | None = None
+    exe: str | None = None
+    cmdline: str | None = None
+    uid: int | None = None
+    user: str | None = None
+    unit: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.pid is not None
+
+    def describe(self) -> str:
+        """"nginx[1234] (nginx.service)", or "unknown process"."""
+        if self.pid is None:
+            return "unknown process"
+        text = f"{self.comm or '?'}[{self.pid}]"
+        if self.unit:
+            text += f" ({self.unit})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "pids": list(self.pids),
+            "comm": self.comm,
+            "exe": self.exe,
+            "cmdline": self.cmdline,
+            "uid": self.uid,
+            "user": self.user,
+            "unit": self.unit,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Owner:
+        return cls(
+            pid=data.get("pid"),
+            pids=tuple(data.get("pids") or ()),
+            comm=data.get("comm"),
+            exe=data.get("exe"),
+            cmdline=data.get("cmdline"),
+            uid=data.get("uid"),
+            user=data.get("user"),
+            unit=data.get("unit"),
+        )
+
+
+UNKNOWN_OWNER = Owner()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A listening port that opened or closed.
+
+    `seq` orders events on one host and is never reused, across restarts
+    too. `id` is a random UUID, unique across hosts, so that consumers of
+    forwarded journals (delivered at least once) can drop duplicates.
+    `time` is UTC, RFC 3339 with microseconds.
+    """
+
+    seq: int
+    id: str
+    type: EventType
+    time: str
+    endpoint: Endpoint
+    owner: Owner = UNKNOWN_OWNER
+    detected: Detection = "scan"
+    # For startup detections: the window in which the change happened.
+    down_since: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.endpoint.key
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "seq": self.seq,
+            "id": self.id,
+            "type": self.type,
+            "time": self.time,
+            "detected": self.detected,
+            "down_since": self.down_since,
+        }
+        data.update(self.endpoint.to_dict())
+        data["owner"] = self.owner.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(
+            seq=int(data["seq"]),
+            id=str(data["id"]),
+            type=data["type"],
+            time=str(data["time"]),
+            endpoint=Endpoint.from_dict(data),
+            owner=Owner.from_dict(data.get("owner") or {}),
+            detected=data.get("detected", "scan"),
+            down_since=data.get("down_since"),
+        )
