@@ -1,0 +1,78 @@
+"""Two scans in, opened/closed changes out. Pure: no clock, no I/O.
+
+A listening *key* ("tcp:0.0.0.0:22") can be held by several sockets at
+once: SO_REUSEPORT lets a group of workers each bind the same address, and a
+server can hand its socket to a new process on reload. What a person cares
+about is whether the key is being listened on, so the diff works on keys,
+and uses socket inodes only to tell "still the same listener" from "closed
+and reopened between two scans":
+
+- a key that appears opens, reported with its first socket (lowest inode);
+- a key that disappears closes, reported with its first socket as last seen;
+- a key held by the same sockets, or by a set that overlaps the previous
+  one (one SO_REUSEPORT worker restarted while the others kept listening),
+  gives no event;
+- a key now held only by sockets that were not there before (no inode in
+  common) was closed and reopened between the scans, perhaps by another
+  process: it closes (old socket), then opens (new socket).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from portwatchd.model import Endpoint, EventType
+
+# key -> the sockets sharing it, sorted by inode (then by the remaining fields,
+# so that a snapshot built from the same endpoints is always equal).
+Snapshot = dict[str, tuple[Endpoint, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A key that opened or closed, with the socket that stands for it."""
+
+    type: EventType
+    endpoint: Endpoint
+
+    @property
+    def key(self) -> str:
+        return self.endpoint.key
+
+
+def _socket_order(endpoint: Endpoint) -> tuple[int, str, int, str]:
+    return (endpoint.inode, endpoint.family, endpoint.uid, repr(endpoint.v6only))
+
+
+def snapshot_of(endpoints: Iterable[Endpoint]) -> Snapshot:
+    """Group endpoints by key; an endpoint seen twice in one scan counts once."""
+    grouped: dict[str, set[Endpoint]] = {}
+    for endpoint in endpoints:
+        grouped.setdefault(endpoint.key, set()).add(endpoint)
+    return {key: tuple(sorted(sockets, key=_socket_order)) for key, sockets in grouped.items()}
+
+
+def _inodes(sockets: tuple[Endpoint, ...]) -> set[int]:
+    return {socket.inode for socket in sockets}
+
+
+def diff_snapshots(previous: Snapshot, current: Snapshot) -> list[Change]:
+    """The changes that turn `previous` into `current`, sorted by key.
+
+    For a key closed and reopened between the scans, "closed" comes first.
+    Empty sockets tuples are treated as absent keys.
+    """
+    changes: list[Change] = []
+    for key in sorted(previous.keys() | current.keys()):
+        before = previous.get(key, ())
+        after = current.get(key, ())
+        if before and after:
+            if _inodes(before).isdisjoint(_inodes(after)):
+                changes.append(Change("closed", before[0]))
+                changes.append(Change("opened", after[0]))
+        elif before:
+            changes.append(Change("closed", before[0]))
+        elif after:
+            changes.append(Change("opened", after[0]))
+    return changes
