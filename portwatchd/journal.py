@@ -1,0 +1,170 @@
+"""Where events and log lines go: the systemd journal, or stderr.
+
+`event_fields` is the one place that knows the journal field names; it is
+pure, so the mapping is tested as a function. The sinks around it are thin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TextIO
+
+from portwatchd.model import Event
+
+# Fixed forever: journalctl MESSAGE_ID= filters and the message catalog
+# (packaging/portwatchd.catalog) key on them.
+MESSAGE_ID_OPENED = "bc5aa3412226442ea87addfff74cb425"
+MESSAGE_ID_CLOSED = "6a63009634414d579ea098597164285c"
+MESSAGE_ID_RELOAD_REFUSED = "e8fa0f95b4d54ab0a5fd1fcda24f1e0f"
+
+SYSLOG_IDENTIFIER = "portwatchd"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+# syslog(3) priorities.
+PRIORITY_ERR = 3
+PRIORITY_WARNING = 4
+PRIORITY_NOTICE = 5
+PRIORITY_INFO = 6
+
+_PRIORITY_NAMES = {
+    PRIORITY_ERR: "error",
+    PRIORITY_WARNING: "warning",
+    PRIORITY_NOTICE: "notice",
+    PRIORITY_INFO: "info",
+}
+
+
+def event_message(event: Event) -> str:
+    """The MESSAGE a person reads: "Port opened: tcp 0.0.0.0:8080 by nginx[1234] (nginx.service)"."""
+    ep = event.endpoint
+    host = f"[{ep.address}]" if ep.family == "ipv6" else ep.address
+    if ep.interface:
+        host += f"%{ep.interface}"
+    when = " while portwatchd was not running" if event.detected == "startup" else ""
+    return f"Port {event.type}{when}: {ep.proto} {host}:{ep.port} by {event.owner.describe()}"
+
+
+def event_fields(event: Event) -> dict[str, str]:
+    """Journal fields for one event. Owner fields appear only when known:
+    an absent PORT_PID means "could not be seen", never a guess."""
+    ep = event.endpoint
+    owner = event.owner
+    fields = {
+        "MESSAGE": event_message(event),
+        "MESSAGE_ID": MESSAGE_ID_OPENED if event.type == "opened" else MESSAGE_ID_CLOSED,
+        "PRIORITY": str(PRIORITY_NOTICE),
+        "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+        "PORT_EVENT": event.type,
+        "PORT": ep.key,
+        "PORT_PROTO": ep.proto,
+        "PORT_FAMILY": ep.family,
+        "PORT_ADDRESS": ep.address,
+        "PORT_NUMBER": str(ep.port),
+        "PORT_INTERFACE": ep.interface,
+        "PORT_INODE": str(ep.inode),
+        "PORT_EVENT_SEQ": str(event.seq),
+        "PORT_EVENT_ID": event.id,
+        "PORT_EVENT_TIME": event.time,
+        "PORT_DETECTED": event.detected,
+    }
+    if ep.v6only is not None:
+        fields["PORT_V6ONLY"] = "1" if ep.v6only else "0"
+    if event.down_since:
+        fields["PORT_DOWN_SINCE"] = event.down_since
+    optional: Mapping[str, Any] = {
+        "PORT_PID": owner.pid,
+        "PORT_PIDS": " ".join(map(str, owner.pids)) if len(owner.pids) > 1 else None,
+        "PORT_COMM": owner.comm,
+        "PORT_EXE": owner.exe,
+        "PORT_CMDLINE": owner.cmdline,
+        "PORT_UID": owner.uid if owner.uid is not None else (ep.uid if ep.uid >= 0 else None),
+        "PORT_USER": owner.user,
+        "PORT_UNIT": owner.unit,
+    }
+    fields.update({name: str(value) for name, value in optional.items() if value is not None})
+    return fields
+
+
+def event_line(event: Event) -> str:
+    """One stderr line for an event, for hosts without journald."""
+    return f"{event.time} {event_message(event)} [seq={event.seq} id={event.id}]"
+
+
+class Sink(Protocol):
+    """Where the daemon's events and log messages go."""
+
+    def event(self, event: Event) -> None: ...
+
+    def log(self, priority: int, message: str, **fields: str) -> None: ...
+
+
+Sender = Callable[..., None]
+
+
+class JournalSink:
+    """Native journal protocol through systemd-python's `journal.send`."""
+
+    def __init__(self, send: Sender | None = None) -> None:
+        if send is None:
+            from systemd import journal
+
+            send = journal.send
+        self._send = send
+
+    def event(self, event: Event) -> None:
+        self._send(**event_fields(event))
+
+    def log(self, priority: int, message: str, **fields: str) -> None:
+        self._send(
+            MESSAGE=message,
+            PRIORITY=str(priority),
+            SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER,
+            **fields,
+        )
+
+
+class StderrSink:
+    """One line per event or message; `json=True` gives JSON lines."""
+
+    def __init__(self, stream: TextIO | None = None, *, json_lines: bool = False) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self._json = json_lines
+        # Under systemd, stderr is a journal stream: sd-daemon(3) "<N>"
+        # prefixes keep the priority. On a terminal they are noise.
+        self._syslog_prefix = "JOURNAL_STREAM" in os.environ
+
+    def _write(self, line: str) -> None:
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def event(self, event: Event) -> None:
+        if self._json:
+            self._write(json.dumps({"event": event.to_dict()}, separators=(",", ":")))
+        else:
+            self._write(event_line(event))
+
+    def log(self, priority: int, message: str, **fields: str) -> None:
+        if self._json:
+            record: dict[str, Any] = {"priority": _PRIORITY_NAMES.get(priority, str(priority))}
+            record["message"] = message
+            record.update({k.lower(): v for k, v in fields.items()})
+            self._write(json.dumps(record, separators=(",", ":")))
+        elif self._syslog_prefix:
+            self._write(f"<{priority}>{message}")
+        else:
+            self._write(f"portwatchd: {_PRIORITY_NAMES.get(priority, priority)}: {message}")
+
+
+def journal_available(socket_path: str = JOURNAL_SOCKET) -> bool:
+    return os.path.exists(socket_path)
+
+
+def open_sink(target: str, *, json_lines: bool = False) -> Sink:
+    """`target` is "auto", "journal" or "stderr"; auto means the journal when
+    its socket exists."""
+    if target == "journal" or (target == "auto" and journal_available()):
+        return JournalSink()
+    return StderrSink(json_lines=json_lines)

@@ -1,0 +1,611 @@
+"""The loop: scan, diff, resolve owners, emit, persist, ping.
+
+Signal handlers only record a request and wake the loop (`request_reload`,
+`request_stop`); the loop does the work, so reload and shutdown run at a
+known point and tests can call the handlers directly.
+
+Delivery order for a batch of events, chosen so that a crash at any point
+loses nothing: the state file is written first with the new events marked
+"not yet journaled", then the events go to the journal, then the state is
+written again marking them journaled. A restart re-sends whatever is still
+marked pending (same PORT_EVENT_ID, so consumers can drop the duplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from portwatchd import __version__
+from portwatchd.config import Config, ConfigError
+from portwatchd.control import ControlServer
+from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
+from portwatchd.journal import (
+    MESSAGE_ID_RELOAD_REFUSED,
+    PRIORITY_ERR,
+    PRIORITY_INFO,
+    PRIORITY_WARNING,
+    Sink,
+)
+from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, Event, Owner
+from portwatchd.notify import Notifier, watchdog_interval
+from portwatchd.owners import OwnerResolver
+from portwatchd.protocol import EventQuery
+from portwatchd.ring import EventRing
+from portwatchd.scanner import Scanner, ScanError, open_scanner
+from portwatchd.state import STATE_FILE, State, StateError, load_state, save_state
+
+# The state file's mtime is touched this often, so that after a crash the
+# "down since" of startup events is at most this far off.
+HEARTBEAT_S = 30.0
+HOUR_S = 3600.0
+# An opened port whose owner needs a /proc walk that the resolver's rate
+# limit defers by at most this long waits for it: "by nginx[1234]" a second
+# late beats "by unknown process" on time.
+OWNER_WAIT_MAX_S = 2.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, RFC 3339 with microseconds: 2026-11-25T14:20:31.123456Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    time: str
+    ok: bool
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "ok": self.ok, "error": self.error}
+
+
+class Service:
+    """One portwatchd: owns the scanner, the snapshot, the ring and the sinks."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sink: Sink,
+        notifier: Notifier,
+        reload_config: Callable[[], Config],
+        scanner_factory: Callable[[str], Scanner] | None = None,
+        resolver: OwnerResolver | None = None,
+        inherited_socket: Any = None,
+        wall_clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._sink = sink
+        self._notifier = notifier
+        self._reload_config = reload_config
+        self._scanner_factory = scanner_factory or self._open_scanner
+        self._resolver = resolver or OwnerResolver()
+        self._inherited_socket = inherited_socket
+        self._now = wall_clock
+        self._monotonic = monotonic
+
+        self._ring = EventRing(config.ring_size)
+        self._snapshot: Snapshot = {}
+        self._owners: dict[str, Owner] = {}
+        self._seq = 0
+        self._journaled_seq = 0
+        self._recent: deque[float] = deque()  # monotonic times of events, last hour
+        self._events_total = 0
+
+        self._scanner: Scanner | None = None
+        self._control: ControlServer | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="owners")
+        self._wake: asyncio.Event | None = None
+        self._stop_requested = False
+        self._reload_requested = False
+        self._rescan_requested = False
+
+        self._started_mono = monotonic()
+        self._next_scan = 0.0
+        self._watchdog_every = watchdog_interval()
+        self._next_ping = 0.0
+        self._next_heartbeat = 0.0
+        self._last_scan_time: str | None = None
+        self._last_scan_ms: float | None = None
+        self._scan_error: str | None = None
+        self._last_reload: ReloadResult | None = None
+        # state_dir changes apply at restart only: keep the one we started with.
+        self._state_dir = config.state_dir
+        self._state_file = os.path.join(config.state_dir, STATE_FILE)
+        self._state_touched_at: str | None = None
+
+    # -- signal side: record and wake, nothing more -------------------------
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wakeup()
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self._wakeup()
+
+    def request_rescan(self) -> None:
+        self._rescan_requested = True
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- the loop ------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until asked to stop; returns the process exit status."""
+        self._wake = asyncio.Event()
+        startup_state = self._restore_state()
+        try:
+            self._scanner = self._scanner_factory(self.config.backend)
+            endpoints = self._scanner.scan()
+        except (ScanError, OSError) as err:
+            self._log(PRIORITY_ERR, f"cannot scan listening sockets: {err}")
+            return 1
+        await self._first_batch(endpoints, startup_state)
+
+        self._control = ControlServer(
+            self,
+            path=self.config.socket.path,
+            group=self.config.socket.group,
+            mode=self.config.socket.mode,
+            max_clients=self.config.socket.max_clients,
+            idle_timeout=self.config.socket.idle_timeout,
+            inherited=self._inherited_socket,
+            log=lambda message: self._log(PRIORITY_WARNING, message),
+        )
+        try:
+            await self._control.start()
+        except OSError as err:
+            self._log(PRIORITY_ERR, f"cannot listen on {self.config.socket.path}: {err}")
+            self._shutdown_quietly()
+            return 1
+
+        self._notifier.ready(self.status_line())
+        self._log(
+            PRIORITY_INFO,
+            f"portwatchd {__version__} ready: {self.status_line()}; "
+            f"control socket {self.config.socket.path}",
+        )
+        now = self._monotonic()
+        self._next_ping = now
+        self._next_heartbeat = now + HEARTBEAT_S
+        self._ping_if_due()
+
+        while not self._stop_requested:
+            await self._sleep_until_due()
+            if self._stop_requested:
+                break
+            if self._reload_requested:
+                await self._reload()
+            if self._rescan_requested or self._monotonic() >= self._next_scan:
+                await self._scan_once()
+            self._ping_if_due()
+            self._heartbeat_if_due()
+
+        await self._shutdown()
+        return 0
+
+    async def _sleep_until_due(self) -> None:
+        assert self._wake is not None
+        deadline = self._next_scan
+        if self._watchdog_every is not None:
+            deadline = min(deadline, self._next_ping)
+        timeout = deadline - self._monotonic()
+        if timeout > 0 and not (
+            self._stop_requested or self._reload_requested or self._rescan_requested
+        ):
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+        self._wake.clear()
+
+    def _ping_if_due(self) -> None:
+        """WATCHDOG=1 only from this loop: if the loop hangs, pings stop and
+        systemd restarts us. A side thread would keep pinging a stuck loop."""
+        if self._watchdog_every is None:
+            return
+        now = self._monotonic()
+        if now >= self._next_ping:
+            self._notifier.watchdog()
+            self._next_ping = now + self._watchdog_every
+
+    def _heartbeat_if_due(self) -> None:
+        now = self._monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + HEARTBEAT_S
+        try:
+            os.utime(self._state_file)
+        except OSError:
+            pass  # no state written yet; the next batch writes it
+
+    # -- scanning ------------------------------------------------------------
+
+    def _open_scanner(self, backend: str) -> Scanner:
+        return open_scanner(backend, log=lambda message: self._log(PRIORITY_WARNING, message))
+
+    async def _scan_once(self) -> None:
+        assert self._scanner is not None
+        self._rescan_requested = False
+        started = self._monotonic()
+        self._next_scan = started + self.config.interval
+        try:
+            endpoints = self._scanner.scan()
+        except ScanError as err:
+            self._scan_failed(err)
+            return
+        if self._scan_error is not None:
+            self._log(PRIORITY_INFO, f"scanning works again after: {self._scan_error}")
+            self._scan_error = None
+        current = snapshot_of(endpoints)
+        changes = diff_snapshots(self._snapshot, current)
+        if changes:
+            events = await self._events_for(changes, current, detected="scan")
+            self._snapshot = current
+            self._deliver(events)
+        else:
+            self._snapshot = current
+            await self._retry_unknown_owners()
+        self._last_scan_time = rfc3339(self._now())
+        self._last_scan_ms = (self._monotonic() - started) * 1000
+        self._notifier.status(self.status_line())
+
+    def _scan_failed(self, err: ScanError) -> None:
+        message = str(err)
+        if message != self._scan_error:
+            self._log(PRIORITY_ERR, f"scan failed, keeping the last snapshot: {message}")
+        self._scan_error = message
+        self._notifier.status(self.status_line())
+
+    async def _first_batch(self, endpoints: list[Endpoint], state: State | None) -> None:
+        current = snapshot_of(endpoints)
+        if state is None:
+            # A fresh install: the first scan is the baseline, not news.
+            self._snapshot = current
+            await self._resolve_keys(current.keys())
+            self._persist()
+            self._log(
+                PRIORITY_INFO,
+                f"baseline: watching {len(current)} listening ports; "
+                "changes from now on are reported",
+            )
+            return
+        previous = snapshot_of(endpoint for endpoint, _ in state.snapshot)
+        self._owners = {
+            endpoint.key: owner for endpoint, owner in state.snapshot if owner.known
+        }
+        changes = diff_snapshots(previous, current)
+        down_since = max(state.saved_at, self._state_touched_at or state.saved_at)
+        self._snapshot = previous
+        events = await self._events_for(
+            changes, current, detected="startup", down_since=down_since
+        )
+        self._snapshot = current
+        await self._resolve_keys(key for key in current if key not in self._owners)
+        if events:
+            self._log(
+                PRIORITY_INFO,
+                f"{len(events)} changes happened while portwatchd was not running "
+                f"(since {down_since})",
+            )
+        self._deliver(events)
+
+    # -- owners --------------------------------------------------------------
+
+    async def _events_for(
+        self,
+        changes: Sequence[Change],
+        current: Snapshot,
+        *,
+        detected: Detection,
+        down_since: str | None = None,
+    ) -> list[Event]:
+        opened_keys = [c.endpoint.key for c in changes if c.type == "opened"]
+        closed = [c for c in changes if c.type == "closed"]
+        closed_owners = {c.endpoint.key: self._owners.pop(c.endpoint.key, UNKNOWN_OWNER)
+                         for c in closed}
+        self._resolver.forget(
+            [ep.inode for c in closed for ep in self._snapshot.get(c.endpoint.key, (c.endpoint,))]
+        )
+        new_owners = await self._resolve_keys(opened_keys, current)
+        moment = rfc3339(self._now())
+        events: list[Event] = []
+        for change in changes:
+            key = change.endpoint.key
+            owner = closed_owners[key] if change.type == "closed" else new_owners.get(
+                key, UNKNOWN_OWNER
+            )
+            if self.config.is_ignored(change.endpoint, owner):
+                continue
+            self._seq += 1
+            events.append(
+                Event(
+                    seq=self._seq,
+                    id=str(uuid.uuid4()),
+                    type=change.type,
+                    time=moment,
+                    endpoint=change.endpoint,
+                    owner=owner,
+                    detected=detected,
+                    down_since=down_since,
+                )
+            )
+        return events
+
+    async def _resolve_keys(
+        self, keys: Iterable[str], snapshot: Snapshot | None = None
+    ) -> dict[str, Owner]:
+        """Owners for these keys, found by the sockets' inodes. The cheap
+        lookup runs here; a full /proc walk, if needed, runs in a worker
+        thread while this loop keeps pinging the watchdog."""
+        snapshot = self._snapshot if snapshot is None else snapshot
+        keys = list(keys)
+        if not self.config.owners or not keys:
+            return {}
+        inode_of = {key: snapshot[key][0].inode for key in keys if key in snapshot}
+        found = self._resolver.resolve_new(inode_of.values())
+        missing = [inode for inode in inode_of.values() if inode not in found]
+        if missing:
+            due_in = self._resolver.walk_due_in(missing)
+            if due_in is not None and due_in <= OWNER_WAIT_MAX_S:
+                await self._pause(due_in)
+                found.update(await self._off_loop(self._resolver.resolve_walk, missing))
+        owners = {key: found.get(inode, UNKNOWN_OWNER) for key, inode in inode_of.items()}
+        self._owners.update({key: owner for key, owner in owners.items() if owner.known})
+        return owners
+
+    async def _retry_unknown_owners(self) -> None:
+        """Ports whose owner was not found yet get another look whenever the
+        resolver's rate limit and back-off allow a walk for them."""
+        if not self.config.owners:
+            return
+        unknown = {key: sockets[0].inode for key, sockets in self._snapshot.items()
+                   if key not in self._owners}
+        if unknown and self._resolver.walk_due_in(unknown.values()) == 0:
+            await self._resolve_keys(unknown)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep without starving the watchdog."""
+        deadline = self._monotonic() + seconds
+        while (left := deadline - self._monotonic()) > 0:
+            step = left if self._watchdog_every is None else min(left, self._watchdog_every)
+            await asyncio.sleep(step)
+            self._ping_if_due()
+
+    async def _off_loop(
+        self, work: Callable[[Collection[int]], dict[int, Owner]], inodes: Collection[int]
+    ) -> dict[int, Owner]:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work, inodes)
+        while True:
+            timeout = None if self._watchdog_every is None else self._watchdog_every
+            done, _ = await asyncio.wait({future}, timeout=timeout)
+            if done:
+                return future.result()
+            self._ping_if_due()
+
+    # -- delivery ------------------------------------------------------------
+
+    def _deliver(self, events: list[Event]) -> None:
+        if not events:
+            self._persist()
+            return
+        self._ring.extend(events)
+        self._persist()  # write-ahead: the events exist before anyone hears of them
+        for event in events:
+            self._sink.event(event)
+        self._journaled_seq = events[-1].seq
+        self._persist()
+        now = self._monotonic()
+        self._recent.extend(now for _ in events)
+        self._events_total += len(events)
+        if self._control is not None:
+            self._control.publish(events)
+
+    def _restore_state(self) -> State | None:
+        try:
+            # The heartbeat keeps the mtime fresh: after a crash it says when
+            # we were last alive, later than the last save.
+            mtime = os.stat(self._state_file).st_mtime
+            self._state_touched_at = rfc3339(datetime.fromtimestamp(mtime, UTC))
+        except OSError:
+            self._state_touched_at = None
+        state, warning = load_state(self._state_dir)
+        if warning:
+            self._log(PRIORITY_WARNING, warning)
+        if state is None:
+            return None
+        self._seq = state.last_seq
+        self._journaled_seq = state.journaled_seq
+        self._ring.extend(state.ring)
+        pending = [event for event in state.ring if event.seq > state.journaled_seq]
+        if pending:
+            # The last run stopped between writing these and journaling them.
+            for event in pending:
+                self._sink.event(event)
+            self._journaled_seq = pending[-1].seq
+            self._log(
+                PRIORITY_WARNING,
+                f"re-sent {len(pending)} events that may not have reached the journal "
+                "before portwatchd stopped",
+            )
+        return state
+
+    def _persist(self) -> None:
+        state = State(
+            last_seq=self._seq,
+            journaled_seq=self._journaled_seq,
+            snapshot=[
+                (endpoint, self._owners.get(key, UNKNOWN_OWNER))
+                for key, sockets in self._snapshot.items()
+                for endpoint in sockets
+            ],
+            ring=self._ring.events(),
+            saved_at=rfc3339(self._now()),
+        )
+        try:
+            save_state(self._state_dir, state)
+        except StateError as err:
+            self._log(PRIORITY_ERR, str(err))
+
+    # -- reload and shutdown -------------------------------------------------
+
+    async def _reload(self) -> None:
+        # Several SIGHUPs before we get here are one reload.
+        self._reload_requested = False
+        self._notifier.reloading()
+        moment = rfc3339(self._now())
+        try:
+            new = self._reload_config()
+        except ConfigError as err:
+            self._last_reload = ReloadResult(moment, False, str(err))
+            self._log(
+                PRIORITY_ERR,
+                f"configuration reload refused, still running with the previous one: {err}",
+                MESSAGE_ID=MESSAGE_ID_RELOAD_REFUSED,
+            )
+            self._notifier.ready(self.status_line())
+            return
+        old = self.config
+        self.config = new
+        if new.interval != old.interval:
+            # Reschedule from the last scan: a shorter interval applies now,
+            # not after the old one runs out.
+            self._next_scan = self._next_scan - old.interval + new.interval
+        if new.ring_size != old.ring_size:
+            self._ring.resize(new.ring_size)
+        if new.backend != old.backend:
+            self._replace_scanner(new.backend)
+        if new.socket != old.socket and self._control is not None:
+            await self._control.close()
+            self._control = ControlServer(
+                self,
+                path=new.socket.path,
+                group=new.socket.group,
+                mode=new.socket.mode,
+                max_clients=new.socket.max_clients,
+                idle_timeout=new.socket.idle_timeout,
+                log=lambda message: self._log(PRIORITY_WARNING, message),
+            )
+            await self._control.start()
+        ignored = [
+            key for key in ("state_dir", "log_target", "log_format")
+            if getattr(new, key) != getattr(old, key)
+        ]
+        if ignored:
+            self._log(PRIORITY_WARNING, f"{', '.join(ignored)}: changes apply at the next restart")
+        self._last_reload = ReloadResult(moment, True)
+        self._log(PRIORITY_INFO, f"configuration reloaded: {self.status_line()}")
+        self._notifier.ready(self.status_line())
+
+    def _replace_scanner(self, backend: str) -> None:
+        try:
+            scanner = self._scanner_factory(backend)
+        except (ScanError, OSError) as err:
+            self._log(PRIORITY_ERR, f"cannot switch to backend {backend}: {err}")
+            return
+        if self._scanner is not None:
+            self._scanner.close()
+        self._scanner = scanner
+
+    async def _shutdown(self) -> None:
+        """The written order: tell systemd, stop accepting clients, persist
+        what we know, release the rest."""
+        self._notifier.stopping("stopping")
+        if self._control is not None:
+            await self._control.close()
+        self._persist()
+        self._shutdown_quietly()
+        self._log(PRIORITY_INFO, "stopped")
+
+    def _shutdown_quietly(self) -> None:
+        if self._scanner is not None:
+            self._scanner.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- what the control socket asks ---------------------------------------
+
+    def query_events(self, query: EventQuery) -> list[Event]:
+        return self._ring.query(
+            after_seq=query.after_seq,
+            since=query.since,
+            limit=query.limit,
+            type=query.type,
+            proto=query.proto,
+            port=query.port,
+        )
+
+    def oldest_seq(self) -> int | None:
+        return self._ring.oldest_seq
+
+    def last_seq(self) -> int:
+        return self._seq
+
+    def current_ports(self) -> list[tuple[Endpoint, Owner]]:
+        return [
+            (endpoint, self._owners.get(key, UNKNOWN_OWNER))
+            for key, sockets in sorted(self._snapshot.items())
+            for endpoint in sockets
+        ]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(self._monotonic() - self._started_mono, 3),
+            "interval_s": self.config.interval,
+            "backend": self._scanner.name if self._scanner is not None else None,
+            "owners": self.config.owners,
+            "ports_watched": len(self._snapshot),
+            "events_total": self._events_total,
+            "events_last_hour": self._events_last_hour(),
+            "last_seq": self._seq,
+            "ring_size": len(self._ring),
+            "ring_capacity": self._ring.capacity,
+            "last_scan_time": self._last_scan_time,
+            "last_scan_duration_ms": (
+                round(self._last_scan_ms, 3) if self._last_scan_ms is not None else None
+            ),
+            "scan_error": self._scan_error,
+            "config_path": self.config.source,
+            "state_dir": self._state_dir,
+            "last_reload": self._last_reload.to_dict() if self._last_reload else None,
+        }
+
+    def status_line(self) -> str:
+        """STATUS= text: "watching 12 ports every 1s; 3 events in the last hour"."""
+        line = (
+            f"watching {len(self._snapshot)} ports every {self.config.interval:g}s; "
+            f"{self._events_last_hour()} events in the last hour"
+        )
+        if self._scan_error:
+            line += f"; scan failing: {self._scan_error}"
+        if self._last_reload is not None and not self._last_reload.ok:
+            line += f"; reload refused: {self._last_reload.error}"
+        return line
+
+    def _events_last_hour(self) -> int:
+        horizon = self._monotonic() - HOUR_S
+        while self._recent and self._recent[0] < horizon:
+            self._recent.popleft()
+        return len(self._recent)
+
+    def _log(self, priority: int, message: str, **fields: str) -> None:
+        self._sink.log(priority, message, **fields)

@@ -1,0 +1,254 @@
+"""The daemon as a user runs it: a subprocess in a private network
+namespace, a real NOTIFY_SOCKET, real listening sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.daemon_harness import Daemon, ListenerProcess, listen_tcp, tcp_key
+
+
+@pytest.fixture
+def daemon(netns: None) -> Iterator[Daemon]:
+    d = Daemon()
+    yield d
+    d.close()
+
+
+def run_portwatchd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "portwatchd.daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_ready_after_first_scan_with_readable_status(daemon: Daemon) -> None:
+    with listen_tcp():
+        daemon.start()
+        message = daemon.wait_ready()
+    assert "STATUS=watching 1 ports every 0.1s; 0 events in the last hour" in message
+    baseline = daemon.wait_line(lambda r: "baseline" in r.get("message", ""))
+    assert "watching 1 listening ports" in baseline["message"]
+    # A control socket that answers is part of "ready".
+    assert os.path.exists(daemon.socket_path)
+
+
+def test_first_scan_is_a_baseline_and_changes_become_events(daemon: Daemon) -> None:
+    existing = listen_tcp()
+    daemon.start().wait_ready()
+    server = ListenerProcess("::1")
+    opened = daemon.wait_event("opened", server.key)
+    assert opened["proto"] == "tcp"
+    assert opened["family"] == "ipv6"
+    assert opened["address"] == "::1"
+    assert opened["port"] == server.port
+    assert opened["owner"]["pid"] == server.pid
+    assert opened["owner"]["comm"].startswith("python")
+    assert opened["detected"] == "scan"
+    assert opened["time"].endswith("Z") and "." in opened["time"]
+    server.close()
+    closed = daemon.wait_event("closed", server.key)
+    assert closed["owner"]["pid"] == server.pid
+    assert closed["seq"] == opened["seq"] + 1
+    assert closed["id"] != opened["id"]
+    # The listener that was there before the daemon never became an event.
+    seen = [e["key"] for e in daemon.drain_events()]
+    assert tcp_key(existing) not in seen
+    existing.close()
+
+
+def test_udp_and_reopen_by_another_socket(daemon: Daemon) -> None:
+    daemon.start().wait_ready()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    opened = daemon.wait_event("opened", f"udp:127.0.0.1:{port}")
+    assert opened["proto"] == "udp"
+    udp.close()
+    daemon.wait_event("closed", f"udp:127.0.0.1:{port}")
+
+
+def test_watchdog_pings_come_from_the_loop_at_half_watchdog_usec(netns: None) -> None:
+    # A long scan interval: pings must not wait for scans.
+    d = Daemon(interval=30, watchdog_usec=400_000)
+    try:
+        d.start().wait_ready()
+        stamps = [d.wait_notify(lambda m: m == "WATCHDOG=1", timeout=5)[0] for _ in range(6)]
+    finally:
+        d.close()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    # Half of 0.4 s is 0.2 s; the loop never pings twice in a row at once.
+    assert all(gap > 0.1 for gap in gaps), gaps
+
+
+def test_sighup_reload_notifies_and_new_interval_takes_effect_now(netns: None) -> None:
+    d = Daemon(interval=None, config="interval = 60\n")
+    try:
+        d.start().wait_ready()
+        sock = listen_tcp()
+        d.write_config("interval = 0.1\n")
+        d.signal(signal.SIGHUP)
+        _, reloading = d.wait_notify(lambda m: m.startswith("RELOADING=1"))
+        assert "MONOTONIC_USEC=" in reloading
+        ready = d.wait_ready()
+        assert "every 0.1s" in ready
+        # Without rescheduling, this would wait out the old 60 s interval.
+        d.wait_event("opened", tcp_key(sock), timeout=10)
+        sock.close()
+    finally:
+        d.close()
+
+
+def test_sighup_with_broken_config_keeps_old_config_and_says_why(daemon: Daemon) -> None:
+    daemon.start().wait_ready()
+    daemon.write_config("interval = 0.1\nbogus_key = 1\n")
+    daemon.signal(signal.SIGHUP)
+    ready = daemon.wait_ready()
+    assert "reload refused" in ready
+    assert "bogus_key" in ready
+    error = daemon.wait_line(lambda r: "reload refused" in r.get("message", ""))
+    assert error["priority"] == "error"
+    assert f"{daemon.config_path}:3" in error["message"]
+    # Still up, still scanning with the old configuration.
+    with listen_tcp() as sock:
+        daemon.wait_event("opened", tcp_key(sock))
+    assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def test_sighup_storm_is_coalesced_and_daemon_survives(daemon: Daemon) -> None:
+    daemon.start().wait_ready()
+    for _ in range(50):
+        daemon.signal(signal.SIGHUP)
+    time.sleep(1)
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    reloads = 0
+    while not daemon.notifications.empty():
+        if daemon.notifications.get()[1].startswith("RELOADING=1"):
+            reloads += 1
+    assert 1 <= reloads < 50
+
+
+def test_sigterm_says_stopping_and_exits_zero(daemon: Daemon) -> None:
+    daemon.start().wait_ready()
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_notify(lambda m: m.startswith("STOPPING=1"))
+    assert daemon.wait_exit() == 0
+    assert not os.path.exists(daemon.socket_path)
+
+
+def test_changes_while_killed_are_reported_at_restart(daemon: Daemon) -> None:
+    before = listen_tcp()
+    daemon.start().wait_ready()
+    early = listen_tcp()
+    first = daemon.wait_event("opened", tcp_key(early))
+    daemon.kill9()
+
+    before_key = tcp_key(before)
+    before.close()
+    during = ListenerProcess()
+    daemon.start()
+    daemon.wait_ready()
+    events = {(e["type"], e["key"]): e for e in daemon.drain_events(settle=1.5)}
+    closed = events[("closed", before_key)]
+    opened = events[("opened", during.key)]
+    for event in (closed, opened):
+        assert event["detected"] == "startup"
+        assert event["down_since"] is not None
+        assert event["seq"] > first["seq"]
+    assert opened["owner"]["pid"] == during.pid
+    early.close()
+    during.close()
+
+
+def test_corrupt_state_file_is_moved_aside_not_fatal(daemon: Daemon) -> None:
+    os.makedirs(daemon.state_dir)
+    with open(os.path.join(daemon.state_dir, "state.json"), "w") as f:
+        f.write("{not json")
+    daemon.start().wait_ready()
+    warning = daemon.wait_line(lambda r: "corrupt" in r.get("message", ""))
+    assert warning["priority"] == "warning"
+    aside = [n for n in os.listdir(daemon.state_dir) if "corrupt" in n]
+    assert len(aside) == 1
+    assert os.path.join(daemon.state_dir, aside[0]) in warning["message"]
+    with open(os.path.join(daemon.state_dir, aside[0])) as f:
+        assert f.read() == "{not json"
+
+
+def test_thousands_of_sockets_in_one_scan_are_all_reported(netns: None) -> None:
+    count = 3000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < count + 200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count + 200), hard))
+    d = Daemon(interval=0.5)
+    socks: list[socket.socket] = []
+    try:
+        d.start().wait_ready()
+        socks = [listen_tcp() for _ in range(count)]
+        keys = {tcp_key(s) for s in socks}
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < count and time.monotonic() < deadline:
+            for event in d.drain_events(settle=1.0):
+                if event["type"] == "opened":
+                    seen[event["key"]] = event["seq"]
+        assert set(seen) == keys
+        seqs = sorted(seen.values())
+        assert seqs == list(range(seqs[0], seqs[0] + count))
+    finally:
+        for s in socks:
+            s.close()
+        d.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_check_config_accepts_good_and_rejects_bad_with_file_and_line(tmp_path: object) -> None:
+    good = os.path.join(str(tmp_path), "good.toml")
+    bad = os.path.join(str(tmp_path), "bad.toml")
+    with open(good, "w") as f:
+        f.write("interval = 2\n")
+    with open(bad, "w") as f:
+        f.write("\ninterval = 0\n")
+    ok = run_portwatchd("--config", good, "--check-config")
+    assert ok.returncode == 0, ok.stderr
+    refused = run_portwatchd("--config", bad, "--check-config")
+    assert refused.returncode == 78
+    assert f"{bad}:2" in refused.stderr and "interval" in refused.stderr
+
+
+def test_missing_explicit_config_is_a_config_error() -> None:
+    result = run_portwatchd("--config", "/nonexistent/portwatchd.toml", "--check-config")
+    assert result.returncode == 78
+    assert "/nonexistent/portwatchd.toml" in result.stderr
+
+
+def test_version() -> None:
+    result = run_portwatchd("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("portwatchd ")
+
+
+def test_status_json_over_the_control_socket(daemon: Daemon) -> None:
+    daemon.start().wait_ready()
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(daemon.socket_path)
+        client.sendall(b'{"v": 1, "req": "status"}\n')
+        reply = json.loads(client.makefile().readline())
+    assert reply["ok"] is True
+    status = reply.get("status", reply)
+    assert status["interval_s"] == 0.1
+    assert status["backend"] == "netlink"

@@ -1,0 +1,125 @@
+"""The journal field mapping is a pure function: test it as one."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from portwatchd.journal import (
+    MESSAGE_ID_CLOSED,
+    MESSAGE_ID_OPENED,
+    StderrSink,
+    event_fields,
+    event_message,
+)
+from portwatchd.model import Endpoint, Event, Owner
+
+NGINX = Owner(
+    pid=1234,
+    pids=(1234, 1240),
+    comm="nginx",
+    exe="/usr/sbin/nginx",
+    cmdline="nginx: master process /usr/sbin/nginx",
+    uid=0,
+    user="root",
+    unit="nginx.service",
+)
+
+
+def make_event(endpoint: Endpoint, owner: Owner = Owner(), **kw: object) -> Event:
+    fields: dict[str, object] = {
+        "seq": 7,
+        "id": "0b5e4a52-8f0e-4a43-9d1e-6f2a0c9d2a11",
+        "type": "opened",
+        "time": "2026-11-25T14:20:31.123456Z",
+        "endpoint": endpoint,
+        "owner": owner,
+    }
+    fields.update(kw)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def test_opened_event_has_every_field_journalctl_filters_on() -> None:
+    ep = Endpoint("tcp", "ipv4", "0.0.0.0", 8080, inode=4242, uid=0)
+    fields = event_fields(make_event(ep, NGINX))
+    assert fields == {
+        "MESSAGE": "Port opened: tcp 0.0.0.0:8080 by nginx[1234] (nginx.service)",
+        "MESSAGE_ID": MESSAGE_ID_OPENED,
+        "PRIORITY": "5",
+        "SYSLOG_IDENTIFIER": "portwatchd",
+        "PORT_EVENT": "opened",
+        "PORT": "tcp:0.0.0.0:8080",
+        "PORT_PROTO": "tcp",
+        "PORT_FAMILY": "ipv4",
+        "PORT_ADDRESS": "0.0.0.0",
+        "PORT_NUMBER": "8080",
+        "PORT_INTERFACE": "",
+        "PORT_INODE": "4242",
+        "PORT_EVENT_SEQ": "7",
+        "PORT_EVENT_ID": "0b5e4a52-8f0e-4a43-9d1e-6f2a0c9d2a11",
+        "PORT_EVENT_TIME": "2026-11-25T14:20:31.123456Z",
+        "PORT_DETECTED": "scan",
+        "PORT_PID": "1234",
+        "PORT_PIDS": "1234 1240",
+        "PORT_COMM": "nginx",
+        "PORT_EXE": "/usr/sbin/nginx",
+        "PORT_CMDLINE": "nginx: master process /usr/sbin/nginx",
+        "PORT_UID": "0",
+        "PORT_USER": "root",
+        "PORT_UNIT": "nginx.service",
+    }
+
+
+def test_closed_ipv6_bound_to_device_and_detected_at_startup() -> None:
+    ep = Endpoint("udp", "ipv6", "fe80::1", 546, interface="eth0", v6only=True, inode=9, uid=101)
+    event = make_event(
+        ep, type="closed", detected="startup", down_since="2026-11-25T10:00:00.000000Z"
+    )
+    fields = event_fields(event)
+    assert fields["MESSAGE_ID"] == MESSAGE_ID_CLOSED
+    assert fields["PORT"] == "udp:[fe80::1%eth0]:546"
+    assert fields["PORT_INTERFACE"] == "eth0"
+    assert fields["PORT_V6ONLY"] == "1"
+    assert fields["PORT_DETECTED"] == "startup"
+    assert fields["PORT_DOWN_SINCE"] == "2026-11-25T10:00:00.000000Z"
+    assert fields["MESSAGE"] == (
+        "Port closed while portwatchd was not running: udp [fe80::1]%eth0:546 by unknown process"
+    )
+
+
+def test_unknown_owner_leaves_owner_fields_out_but_keeps_socket_uid() -> None:
+    ep = Endpoint("tcp", "ipv4", "127.0.0.1", 5432, inode=1, uid=105)
+    fields = event_fields(make_event(ep))
+    for absent in ("PORT_PID", "PORT_COMM", "PORT_EXE", "PORT_UNIT", "PORT_USER"):
+        assert absent not in fields
+    assert fields["PORT_UID"] == "105"
+
+
+def test_every_value_is_a_string_and_message_ids_are_128_bit_hex() -> None:
+    ep = Endpoint("tcp", "ipv6", "::", 22, v6only=False, inode=3, uid=0)
+    fields = event_fields(make_event(ep, NGINX))
+    assert all(isinstance(v, str) for v in fields.values())
+    for mid in (MESSAGE_ID_OPENED, MESSAGE_ID_CLOSED):
+        assert len(mid) == 32 and int(mid, 16) > 0
+    assert MESSAGE_ID_OPENED != MESSAGE_ID_CLOSED
+
+
+def test_stderr_json_lines_carry_the_event_and_its_id() -> None:
+    out = io.StringIO()
+    ep = Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=5)
+    event = make_event(ep, NGINX)
+    StderrSink(out, json_lines=True).event(event)
+    record = json.loads(out.getvalue())
+    assert record["event"]["id"] == event.id
+    assert record["event"]["key"] == "tcp:0.0.0.0:80"
+    assert record["event"]["owner"]["unit"] == "nginx.service"
+
+
+def test_stderr_text_line_is_one_line_per_event() -> None:
+    out = io.StringIO()
+    ep = Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=5)
+    StderrSink(out).event(make_event(ep, NGINX))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "Port opened: tcp 0.0.0.0:80 by nginx[1234]" in lines[0]
+    assert "seq=7" in lines[0]
