@@ -111,7 +111,7 @@ class Owner:
         return self.pid is not None
 
     def describe(self) -> str:
-        """"nginx[1234] (nginx.service)", or "unknown process"."""
+        """ "nginx[1234] (nginx.service)", or "unknown process"."""
         if self.pid is None:
             return "unknown process"
         text = f"{self.comm or '?'}[{self.pid}]"

@@ -10,9 +10,8 @@ from portwatchd.journal import (
     MESSAGE_ID_OPENED,
     StderrSink,
     event_fields,
-    event_message,
 )
-from portwatchd.model import Endpoint, Event, Owner
+from portwatchd.model import UNKNOWN_OWNER, Endpoint, Event, Owner
 
 NGINX = Owner(
     pid=1234,
@@ -26,7 +25,7 @@ NGINX = Owner(
 )
 
 
-def make_event(endpoint: Endpoint, owner: Owner = Owner(), **kw: object) -> Event:
+def make_event(endpoint: Endpoint, owner: Owner = UNKNOWN_OWNER, **kw: object) -> Event:
     fields: dict[str, object] = {
         "seq": 7,
         "id": "0b5e4a52-8f0e-4a43-9d1e-6f2a0c9d2a11",

@@ -1,6 +1,7 @@
 import socket
 import subprocess
 
+
 def test_private_netns_hides_host_listeners_and_is_left(netns) -> None:
     out = subprocess.run(["ss", "-Hlntu"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""

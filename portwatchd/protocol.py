@@ -1,0 +1,318 @@
+"""The control socket's wire format, imported by the daemon and by portwatchctl.
+
+Framing: one JSON object per line, UTF-8, terminated by "\\n"; a request line
+may be at most MAX_LINE bytes. Every message carries the protocol version "v".
+
+Requests (client -> daemon)::
+
+    {"v": 1, "req": "status"}
+    {"v": 1, "req": "ports"}
+    {"v": 1, "req": "rescan"}                           # root only (SO_PEERCRED)
+    {"v": 1, "req": "events", "after_seq": 41, "since": "2026-11-25T14:00:00Z",
+     "limit": 10, "type": "opened", "proto": "tcp", "port": 22}   # every filter optional
+    {"v": 1, "req": "follow", ...same filters as events...}
+
+Responses (daemon -> client), one line each::
+
+    {"v": 1, "ok": true, "status": {...}}
+    {"v": 1, "ok": true, "ports": [{...endpoint..., "owner": {...}}, ...]}
+    {"v": 1, "ok": true}                                            # rescan
+    {"v": 1, "ok": true, "events": [...], "oldest_seq": 7, "last_seq": 1006}
+    {"v": 1, "ok": false, "error": {"code": "bad_request", "message": "..."}}
+
+`events` semantics (the ring's): every filter must match; `limit` keeps the
+OLDEST matches after `after_seq` when it is given (paging forward misses
+nothing), else the NEWEST matches ("the last 10"); the result is oldest
+first. When `after_seq` is older than the oldest event still held, the
+response also carries `"gap": {"from": first_missing, "to": last_missing}`.
+
+`follow` answers with an ok header `{"v": 1, "ok": true, "follow": {"after_seq": N}}`
+(N: the seq the stream continues after), then the backlog selected like
+`events`, then live events, one per line, as `{"v": 1, "event": {...}}`,
+each seq greater than the one before: nothing falls between backlog and live
+stream and nothing comes twice. A `{"v": 1, "gap": {"from": .., "to": ..}}`
+line says events were lost from history before they could be sent. The
+stream ends with an error line (e.g. follow_overrun) or when either side
+closes. Without after_seq, since and limit the stream is live only.
+
+Event objects are `portwatchd.model.Event.to_dict()`.
+
+Kept to `json` alone on purpose: portwatchctl imports this module on every
+start, and `portwatchctl status` must answer in a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+# typing costs portwatchctl a few milliseconds at start-up; the annotations
+# are strings (PEP 563), so only the type checker needs it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 64 * 1024
+DEFAULT_SOCKET = "/run/portwatchd/control.sock"
+SOCKET_ENV = "PORTWATCHD_SOCKET"
+
+REQUESTS = ("events", "ports", "status", "follow", "rescan")
+MUTATING_REQUESTS = frozenset({"rescan"})
+
+# Named error codes: clients branch on these, never on message text.
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+UNKNOWN_REQUEST = "unknown_request"
+LINE_TOO_LONG = "line_too_long"
+BUSY = "busy"
+IDLE_TIMEOUT = "idle_timeout"
+PERMISSION_DENIED = "permission_denied"
+FOLLOW_OVERRUN = "follow_overrun"
+VERSION_MISMATCH = "version_mismatch"
+INTERNAL = "internal"
+ERROR_CODES = frozenset(
+    {
+        BAD_JSON,
+        BAD_REQUEST,
+        UNKNOWN_REQUEST,
+        LINE_TOO_LONG,
+        BUSY,
+        IDLE_TIMEOUT,
+        PERMISSION_DENIED,
+        FOLLOW_OVERRUN,
+        VERSION_MISMATCH,
+        INTERNAL,
+    }
+)
+
+_EVENT_TYPES = ("opened", "closed")  # model.EVENT_TYPES, without importing dataclasses
+_PROTOS = ("tcp", "udp")
+_QUERY_FIELDS = ("after_seq", "since", "limit", "type", "proto", "port")
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol; `code` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EventQuery:
+    """The filters of an `events` or `follow` request; None means "any".
+
+    `since` is an RFC 3339 timestamp (naive means UTC), as the ring takes it.
+    A plain slotted class rather than a dataclass: importing `dataclasses`
+    would cost portwatchctl's start-up time for nothing.
+    """
+
+    __slots__ = _QUERY_FIELDS
+
+    def __init__(
+        self,
+        *,
+        after_seq: int | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+        type: str | None = None,  # shadows the builtin: it is the wire's field name
+        proto: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.after_seq = after_seq
+        self.since = since
+        self.limit = limit
+        self.type = type
+        self.proto = proto
+        self.port = port
+
+    def as_args(self) -> dict[str, Any]:
+        """The filters that are set, as request arguments (and ring.query keywords)."""
+        return {
+            name: getattr(self, name) for name in _QUERY_FIELDS if getattr(self, name) is not None
+        }
+
+    def matches_live(self, type: str, proto: str, port: int) -> bool:
+        """Whether a live event passes the type/proto/port filters (`since` is for history)."""
+        return (
+            (self.type is None or type == self.type)
+            and (self.proto is None or proto == self.proto)
+            and (self.port is None or port == self.port)
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EventQuery) and self.as_args() == other.as_args()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.as_args().items())))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.as_args().items())
+        return f"EventQuery({args})"
+
+
+# --- framing ----------------------------------------------------------------
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as one line: compact JSON, UTF-8, "\\n" at the end.
+
+    json.dumps escapes control characters, so a "\\n" never occurs inside.
+    """
+    return (json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def encode_with_list(message: dict[str, Any], key: str, items: Sequence[bytes]) -> bytes:
+    """encode(message) with `key` set to a list of items that are already JSON text.
+
+    The daemon encodes each event once and reuses the text: a whole-ring
+    `events` answer is then a join, not a thousand dict conversions.
+    """
+    head = json.dumps(message, separators=(",", ":"), ensure_ascii=False)[:-1]
+    separator = b"," if message else b""
+    return b"".join((head.encode(), separator, f'"{key}":['.encode(), b",".join(items), b"]}\n"))
+
+
+def decode(line: bytes | str) -> dict[str, Any]:
+    """One received line (with or without its "\\n") as a JSON object.
+
+    Raises ProtocolError: line_too_long past MAX_LINE, bad_json for bytes
+    that are not UTF-8 JSON, bad_request for JSON that is not an object.
+    """
+    if len(line) > MAX_LINE + 1:
+        raise ProtocolError(LINE_TOO_LONG, f"line longer than {MAX_LINE} bytes")
+    try:
+        value = json.loads(line)
+    except UnicodeDecodeError:
+        raise ProtocolError(BAD_JSON, "line is not valid UTF-8") from None
+    except ValueError as exc:
+        raise ProtocolError(BAD_JSON, f"line is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(BAD_JSON, "line is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_REQUEST, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# --- messages ---------------------------------------------------------------
+
+
+def request(req: str, **args: Any) -> dict[str, Any]:
+    """A request object; None-valued arguments are left out."""
+    message: dict[str, Any] = {"v": PROTOCOL_VERSION, "req": req}
+    message.update({k: v for k, v in args.items() if v is not None})
+    return message
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "ok": True, **fields}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "ok": False, "error": {"code": code, "message": message}}
+
+
+def version_mismatch_message(theirs: object, side: str = "portwatchd") -> str:
+    ours = "portwatchctl" if side == "portwatchd" else "portwatchd"
+    return f"{side} speaks protocol {theirs}, this {ours} speaks {PROTOCOL_VERSION}"
+
+
+def check_version(message: dict[str, Any], side: str = "portwatchd") -> None:
+    """Raise version_mismatch unless `message` speaks our protocol version.
+
+    `side` names who sent the message, for the error text.
+    """
+    theirs = message.get("v")
+    if theirs != PROTOCOL_VERSION or isinstance(theirs, bool):
+        raise ProtocolError(VERSION_MISMATCH, version_mismatch_message(theirs, side))
+
+
+# --- request validation (daemon side) --------------------------------------
+
+
+def _int_field(message: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    # bool is an int subclass; "port": true is a type error, not port 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(BAD_REQUEST, f"'{name}' must be an integer, got {json.dumps(value)}")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ProtocolError(BAD_REQUEST, f"'{name}' must be {bounds}, got {value}")
+    return value
+
+
+def _choice_field(message: dict[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    if value not in choices or not isinstance(value, str):
+        raise ProtocolError(
+            BAD_REQUEST, f"'{name}' must be one of {', '.join(choices)}, got {json.dumps(value)}"
+        )
+    return value
+
+
+def _since_field(message: dict[str, Any]) -> str | None:
+    value = message.get("since")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(
+            BAD_REQUEST, f"'since' must be an RFC 3339 string, got {json.dumps(value)}"
+        )
+    from datetime import datetime  # daemon side only; keeps the client fast
+
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ProtocolError(
+            BAD_REQUEST,
+            f"'since' is not an RFC 3339 timestamp: {value!r} (like 2026-11-25T14:00:00Z)",
+        ) from None
+    return value
+
+
+def parse_query(message: dict[str, Any]) -> EventQuery:
+    """The EventQuery of an `events`/`follow` request; bad_request names the field."""
+    return EventQuery(
+        after_seq=_int_field(message, "after_seq", 0, None),
+        since=_since_field(message),
+        limit=_int_field(message, "limit", 0, None),
+        type=_choice_field(message, "type", _EVENT_TYPES),
+        proto=_choice_field(message, "proto", _PROTOS),
+        port=_int_field(message, "port", 0, 65535),
+    )
+
+
+_ALLOWED_ARGS: dict[str, frozenset[str]] = {
+    "events": frozenset(_QUERY_FIELDS),
+    "follow": frozenset(_QUERY_FIELDS),
+    "ports": frozenset(),
+    "status": frozenset(),
+    "rescan": frozenset(),
+}
+
+
+def parse_request(message: dict[str, Any]) -> tuple[str, EventQuery | None]:
+    """Validate a decoded request: (request name, its query for events/follow).
+
+    Raises ProtocolError: version_mismatch, unknown_request, or bad_request
+    naming the offending field (unknown arguments included, so that a typo
+    such as "prot" is not silently ignored).
+    """
+    check_version(message, side="portwatchctl")
+    name = message.get("req")
+    if not isinstance(name, str):
+        raise ProtocolError(BAD_REQUEST, f"'req' must be a string, got {json.dumps(name)}")
+    if name not in _ALLOWED_ARGS:
+        raise ProtocolError(
+            UNKNOWN_REQUEST, f"unknown request {name!r}: expected one of {', '.join(REQUESTS)}"
+        )
+    unknown = sorted(set(message) - {"v", "req"} - _ALLOWED_ARGS[name])
+    if unknown:
+        raise ProtocolError(BAD_REQUEST, f"unknown argument(s) for {name!r}: {', '.join(unknown)}")
+    query = parse_query(message) if name in ("events", "follow") else None
+    return name, query
