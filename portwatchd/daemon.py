@@ -4,7 +4,6 @@ adapters to the loop, and own the exit codes. The only module that exits."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from collections.abc import Sequence
@@ -89,26 +88,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from portwatchd.control import inherited_listen_socket
     from portwatchd.journal import open_sink
     from portwatchd.notify import Notifier
+    from portwatchd.reactor import Reactor
     from portwatchd.service import Service
 
     sink = open_sink(config.log_target, json_lines=config.log_format == "json")
+    reactor = Reactor()
     service = Service(
         config,
         sink=sink,
         notifier=Notifier(),
         reload_config=read_config,
+        reactor=reactor,
         inherited_socket=inherited_listen_socket(),
     )
-    return asyncio.run(_serve(service))
-
-
-async def _serve(service: Any) -> int:
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, service.request_reload)
-    loop.add_signal_handler(signal.SIGTERM, service.request_stop)
-    loop.add_signal_handler(signal.SIGINT, service.request_stop)
-    status: int = await service.run()
-    return status
+    # The handlers only record the request (Service.request_*); the wakeup
+    # fd makes the loop notice at once.
+    handlers = {
+        signal.SIGHUP: service.request_reload,
+        signal.SIGTERM: service.request_stop,
+        signal.SIGINT: service.request_stop,
+    }
+    for signum, request in handlers.items():
+        signal.signal(signum, lambda _signum, _frame, request=request: request())
+    reactor.wake_on_signals()
+    try:
+        return service.run()
+    finally:
+        reactor.close()
 
 
 if __name__ == "__main__":

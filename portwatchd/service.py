@@ -13,13 +13,12 @@ marked pending (same PORT_EVENT_ID, so consumers can drop the duplicate).
 
 from __future__ import annotations
 
-import asyncio
 import os
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,8 +38,9 @@ from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, Event, Owner
 from portwatchd.notify import Notifier, watchdog_interval
 from portwatchd.owners import OwnerResolver
 from portwatchd.protocol import EventQuery
+from portwatchd.reactor import Reactor
 from portwatchd.ring import EventRing
-from portwatchd.scanner import Scanner, ScanError, open_scanner
+from portwatchd.scanner import ScanError, Scanner, open_scanner
 from portwatchd.state import STATE_FILE, State, StateError, load_state, save_state
 
 # The state file's mtime is touched this often, so that after a crash the
@@ -82,6 +82,7 @@ class Service:
         sink: Sink,
         notifier: Notifier,
         reload_config: Callable[[], Config],
+        reactor: Reactor,
         scanner_factory: Callable[[str], Scanner] | None = None,
         resolver: OwnerResolver | None = None,
         inherited_socket: Any = None,
@@ -92,6 +93,7 @@ class Service:
         self._sink = sink
         self._notifier = notifier
         self._reload_config = reload_config
+        self._reactor = reactor
         self._scanner_factory = scanner_factory or self._open_scanner
         self._resolver = resolver or OwnerResolver()
         self._inherited_socket = inherited_socket
@@ -108,8 +110,6 @@ class Service:
 
         self._scanner: Scanner | None = None
         self._control: ControlServer | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="owners")
-        self._wake: asyncio.Event | None = None
         self._stop_requested = False
         self._reload_requested = False
         self._rescan_requested = False
@@ -143,14 +143,12 @@ class Service:
         self._wakeup()
 
     def _wakeup(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        self._reactor.wake()
 
     # -- the loop ------------------------------------------------------------
 
-    async def run(self) -> int:
+    def run(self) -> int:
         """Run until asked to stop; returns the process exit status."""
-        self._wake = asyncio.Event()
         startup_state = self._restore_state()
         try:
             self._scanner = self._scanner_factory(self.config.backend)
@@ -158,23 +156,14 @@ class Service:
         except (ScanError, OSError) as err:
             self._log(PRIORITY_ERR, f"cannot scan listening sockets: {err}")
             return 1
-        await self._first_batch(endpoints, startup_state)
+        self._first_batch(endpoints, startup_state)
 
-        self._control = ControlServer(
-            self,
-            path=self.config.socket.path,
-            group=self.config.socket.group,
-            mode=self.config.socket.mode,
-            max_clients=self.config.socket.max_clients,
-            idle_timeout=self.config.socket.idle_timeout,
-            inherited=self._inherited_socket,
-            log=lambda message: self._log(PRIORITY_WARNING, message),
-        )
+        self._control = self._control_server(self.config, inherited=self._inherited_socket)
         try:
-            await self._control.start()
+            self._control.start()
         except OSError as err:
             self._log(PRIORITY_ERR, f"cannot listen on {self.config.socket.path}: {err}")
-            self._shutdown_quietly()
+            self._close_scanner()
             return 1
 
         self._notifier.ready(self.status_line())
@@ -189,33 +178,43 @@ class Service:
         self._ping_if_due()
 
         while not self._stop_requested:
-            await self._sleep_until_due()
+            self._sleep_until_due()
             if self._stop_requested:
                 break
             if self._reload_requested:
-                await self._reload()
+                self._reload()
             if self._rescan_requested or self._monotonic() >= self._next_scan:
-                await self._scan_once()
+                self._scan_once()
             self._ping_if_due()
             self._heartbeat_if_due()
 
-        await self._shutdown()
+        self._shutdown()
         return 0
 
-    async def _sleep_until_due(self) -> None:
-        assert self._wake is not None
+    def _sleep_until_due(self) -> None:
+        """Serve the control socket until a scan or a ping is due, or a
+        signal or a client asks for something."""
         deadline = self._next_scan
         if self._watchdog_every is not None:
             deadline = min(deadline, self._next_ping)
-        timeout = deadline - self._monotonic()
-        if timeout > 0 and not (
-            self._stop_requested or self._reload_requested or self._rescan_requested
-        ):
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
-        self._wake.clear()
+        while not (self._stop_requested or self._reload_requested or self._rescan_requested):
+            timeout = deadline - self._monotonic()
+            if timeout <= 0:
+                return
+            self._reactor.run_once(timeout)
+
+    def _control_server(self, config: Config, inherited: Any = None) -> ControlServer:
+        return ControlServer(
+            self,
+            self._reactor,
+            path=config.socket.path,
+            group=config.socket.group,
+            mode=config.socket.mode,
+            max_clients=config.socket.max_clients,
+            idle_timeout=config.socket.idle_timeout,
+            inherited=inherited,
+            log=lambda message: self._log(PRIORITY_WARNING, message),
+        )
 
     def _ping_if_due(self) -> None:
         """WATCHDOG=1 only from this loop: if the loop hangs, pings stop and
@@ -232,17 +231,15 @@ class Service:
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + HEARTBEAT_S
-        try:
+        with contextlib.suppress(OSError):  # no state yet: the next batch writes it
             os.utime(self._state_file)
-        except OSError:
-            pass  # no state written yet; the next batch writes it
 
     # -- scanning ------------------------------------------------------------
 
     def _open_scanner(self, backend: str) -> Scanner:
         return open_scanner(backend, log=lambda message: self._log(PRIORITY_WARNING, message))
 
-    async def _scan_once(self) -> None:
+    def _scan_once(self) -> None:
         assert self._scanner is not None
         self._rescan_requested = False
         started = self._monotonic()
@@ -258,12 +255,12 @@ class Service:
         current = snapshot_of(endpoints)
         changes = diff_snapshots(self._snapshot, current)
         if changes:
-            events = await self._events_for(changes, current, detected="scan")
+            events = self._events_for(changes, current, detected="scan")
             self._snapshot = current
             self._deliver(events)
         else:
             self._snapshot = current
-            await self._retry_unknown_owners()
+            self._retry_unknown_owners()
         self._last_scan_time = rfc3339(self._now())
         self._last_scan_ms = (self._monotonic() - started) * 1000
         self._notifier.status(self.status_line())
@@ -275,12 +272,12 @@ class Service:
         self._scan_error = message
         self._notifier.status(self.status_line())
 
-    async def _first_batch(self, endpoints: list[Endpoint], state: State | None) -> None:
+    def _first_batch(self, endpoints: list[Endpoint], state: State | None) -> None:
         current = snapshot_of(endpoints)
         if state is None:
             # A fresh install: the first scan is the baseline, not news.
             self._snapshot = current
-            await self._resolve_keys(current.keys())
+            self._resolve_keys(current.keys())
             self._persist()
             self._log(
                 PRIORITY_INFO,
@@ -289,17 +286,13 @@ class Service:
             )
             return
         previous = snapshot_of(endpoint for endpoint, _ in state.snapshot)
-        self._owners = {
-            endpoint.key: owner for endpoint, owner in state.snapshot if owner.known
-        }
+        self._owners = {endpoint.key: owner for endpoint, owner in state.snapshot if owner.known}
         changes = diff_snapshots(previous, current)
         down_since = max(state.saved_at, self._state_touched_at or state.saved_at)
         self._snapshot = previous
-        events = await self._events_for(
-            changes, current, detected="startup", down_since=down_since
-        )
+        events = self._events_for(changes, current, detected="startup", down_since=down_since)
         self._snapshot = current
-        await self._resolve_keys(key for key in current if key not in self._owners)
+        self._resolve_keys(key for key in current if key not in self._owners)
         if events:
             self._log(
                 PRIORITY_INFO,
@@ -310,7 +303,7 @@ class Service:
 
     # -- owners --------------------------------------------------------------
 
-    async def _events_for(
+    def _events_for(
         self,
         changes: Sequence[Change],
         current: Snapshot,
@@ -320,18 +313,21 @@ class Service:
     ) -> list[Event]:
         opened_keys = [c.endpoint.key for c in changes if c.type == "opened"]
         closed = [c for c in changes if c.type == "closed"]
-        closed_owners = {c.endpoint.key: self._owners.pop(c.endpoint.key, UNKNOWN_OWNER)
-                         for c in closed}
+        closed_owners = {
+            c.endpoint.key: self._owners.pop(c.endpoint.key, UNKNOWN_OWNER) for c in closed
+        }
         self._resolver.forget(
             [ep.inode for c in closed for ep in self._snapshot.get(c.endpoint.key, (c.endpoint,))]
         )
-        new_owners = await self._resolve_keys(opened_keys, current)
+        new_owners = self._resolve_keys(opened_keys, current)
         moment = rfc3339(self._now())
         events: list[Event] = []
         for change in changes:
             key = change.endpoint.key
-            owner = closed_owners[key] if change.type == "closed" else new_owners.get(
-                key, UNKNOWN_OWNER
+            owner = (
+                closed_owners[key]
+                if change.type == "closed"
+                else new_owners.get(key, UNKNOWN_OWNER)
             )
             if self.config.is_ignored(change.endpoint, owner):
                 continue
@@ -350,7 +346,7 @@ class Service:
             )
         return events
 
-    async def _resolve_keys(
+    def _resolve_keys(
         self, keys: Iterable[str], snapshot: Snapshot | None = None
     ) -> dict[str, Owner]:
         """Owners for these keys, found by the sockets' inodes. The cheap
@@ -366,40 +362,62 @@ class Service:
         if missing:
             due_in = self._resolver.walk_due_in(missing)
             if due_in is not None and due_in <= OWNER_WAIT_MAX_S:
-                await self._pause(due_in)
-                found.update(await self._off_loop(self._resolver.resolve_walk, missing))
+                self._pause(due_in)
+                found.update(self._off_loop(self._resolver.resolve_walk, missing))
         owners = {key: found.get(inode, UNKNOWN_OWNER) for key, inode in inode_of.items()}
         self._owners.update({key: owner for key, owner in owners.items() if owner.known})
         return owners
 
-    async def _retry_unknown_owners(self) -> None:
+    def _retry_unknown_owners(self) -> None:
         """Ports whose owner was not found yet get another look whenever the
         resolver's rate limit and back-off allow a walk for them."""
         if not self.config.owners:
             return
-        unknown = {key: sockets[0].inode for key, sockets in self._snapshot.items()
-                   if key not in self._owners}
+        unknown = {
+            key: sockets[0].inode
+            for key, sockets in self._snapshot.items()
+            if key not in self._owners
+        }
         if unknown and self._resolver.walk_due_in(unknown.values()) == 0:
-            await self._resolve_keys(unknown)
+            self._resolve_keys(unknown)
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep without starving the watchdog."""
+    def _pause(self, seconds: float) -> None:
+        """Wait, serving clients and pinging the watchdog meanwhile."""
         deadline = self._monotonic() + seconds
         while (left := deadline - self._monotonic()) > 0:
-            step = left if self._watchdog_every is None else min(left, self._watchdog_every)
-            await asyncio.sleep(step)
+            self._reactor.run_once(self._ping_step(left))
             self._ping_if_due()
 
-    async def _off_loop(
+    def _ping_step(self, limit: float) -> float:
+        if self._watchdog_every is None:
+            return limit
+        return max(0.0, min(limit, self._next_ping - self._monotonic()))
+
+    def _off_loop(
         self, work: Callable[[Collection[int]], dict[int, Owner]], inodes: Collection[int]
     ) -> dict[int, Owner]:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, work, inodes)
-        while True:
-            timeout = None if self._watchdog_every is None else self._watchdog_every
-            done, _ = await asyncio.wait({future}, timeout=timeout)
-            if done:
-                return future.result()
+        """Run a /proc walk in a worker thread; this loop keeps serving
+        clients and pinging the watchdog until it is done."""
+        result: dict[int, Owner] = {}
+        failure: list[BaseException] = []
+
+        def walk() -> None:
+            try:
+                result.update(work(inodes))
+            except BaseException as err:  # handed to the loop thread
+                failure.append(err)
+            finally:
+                self._reactor.wake()
+
+        worker = threading.Thread(target=walk, name="owners", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            self._reactor.run_once(self._ping_step(1.0))
             self._ping_if_due()
+        worker.join()
+        if failure:
+            raise failure[0]
+        return result
 
     # -- delivery ------------------------------------------------------------
 
@@ -467,7 +485,7 @@ class Service:
 
     # -- reload and shutdown -------------------------------------------------
 
-    async def _reload(self) -> None:
+    def _reload(self) -> None:
         # Several SIGHUPs before we get here are one reload.
         self._reload_requested = False
         self._notifier.reloading()
@@ -494,19 +512,15 @@ class Service:
         if new.backend != old.backend:
             self._replace_scanner(new.backend)
         if new.socket != old.socket and self._control is not None:
-            await self._control.close()
-            self._control = ControlServer(
-                self,
-                path=new.socket.path,
-                group=new.socket.group,
-                mode=new.socket.mode,
-                max_clients=new.socket.max_clients,
-                idle_timeout=new.socket.idle_timeout,
-                log=lambda message: self._log(PRIORITY_WARNING, message),
-            )
-            await self._control.start()
+            self._control.close()
+            self._control = self._control_server(new)
+            try:
+                self._control.start()
+            except OSError as err:
+                self._log(PRIORITY_ERR, f"cannot listen on {new.socket.path}: {err}")
         ignored = [
-            key for key in ("state_dir", "log_target", "log_format")
+            key
+            for key in ("state_dir", "log_target", "log_format")
             if getattr(new, key) != getattr(old, key)
         ]
         if ignored:
@@ -525,20 +539,19 @@ class Service:
             self._scanner.close()
         self._scanner = scanner
 
-    async def _shutdown(self) -> None:
+    def _shutdown(self) -> None:
         """The written order: tell systemd, stop accepting clients, persist
         what we know, release the rest."""
         self._notifier.stopping("stopping")
         if self._control is not None:
-            await self._control.close()
+            self._control.close()
         self._persist()
-        self._shutdown_quietly()
+        self._close_scanner()
         self._log(PRIORITY_INFO, "stopped")
 
-    def _shutdown_quietly(self) -> None:
+    def _close_scanner(self) -> None:
         if self._scanner is not None:
             self._scanner.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- what the control socket asks ---------------------------------------
 
