@@ -19,11 +19,15 @@ from pathlib import Path
 
 from bench.load import LoadError
 from bench.netns import NetnsError, enter_private_netns
+from bench.control import SECTION as CONTROL_SECTION
+from bench.daemon import SECTION as DAEMON_SECTION
 from bench.scan import SECTION as SCAN_SECTION
 from bench.section import Check, Section
 from portwatchd.scanner import ScanError
 
-SECTIONS: dict[str, Section] = {section.name: section for section in (SCAN_SECTION,)}
+SECTIONS: dict[str, Section] = {
+    section.name: section for section in (SCAN_SECTION, DAEMON_SECTION, CONTROL_SECTION)
+}
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1

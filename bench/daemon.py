@@ -1,0 +1,236 @@
+"""The daemon benchmark: what an idle portwatchd costs, and how fast it tells.
+
+idle      portwatchd watching 100 listeners at interval 1 s: resident memory
+          (VmRSS, and the peak VmHWM) and CPU time over --idle-seconds.
+latency   portwatchd at interval 0.2 s; --latency-trials times a new process
+          starts, listens and reports the CLOCK_MONOTONIC time right after
+          listen(); the latency is from then to the moment the daemon's
+          "opened" event line is read. Each trial then closes the listener and
+          waits for "closed", so trials do not overlap.
+
+The daemon runs as `python -m portwatchd.daemon` with the same interpreter,
+in the benchmark's private network namespace, events on stderr as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, TextIO
+
+from bench.section import Check, SectionResult, format_ms, format_table
+
+IDLE_LISTENERS = 100
+IDLE_INTERVAL_S = 1.0
+IDLE_RSS_TARGET_KB = 20 * 1024
+IDLE_CPU_TARGET_PERCENT = 0.2
+LATENCY_INTERVAL_S = 0.2
+LATENCY_SLACK_MS = 50.0
+
+_NEW_SERVER = """
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], time.monotonic(), flush=True)
+sys.stdin.read()
+"""
+
+
+class RunningDaemon:
+    """portwatchd with a NOTIFY_SOCKET of ours, so we know when it is READY."""
+
+    def __init__(self, interval: float) -> None:
+        self.dir = tempfile.mkdtemp(prefix="pwb", dir="/tmp")
+        config = os.path.join(self.dir, "portwatchd.toml")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write('log_format = "json"\n')
+        notify_path = os.path.join(self.dir, "notify")
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(notify_path)
+        self._notify.settimeout(30)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "portwatchd.daemon",
+                "--config",
+                config,
+                "--interval",
+                str(interval),
+                "--state-dir",
+                os.path.join(self.dir, "state"),
+                "--socket",
+                os.path.join(self.dir, "ctl.sock"),
+                "--log-target",
+                "stderr",
+            ],
+            env=dict(os.environ, NOTIFY_SOCKET=notify_path),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while b"READY=1" not in self._notify.recv(4096):
+            pass
+
+    def status_kb(self, field: str) -> int:
+        with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no {field} in /proc/{self.proc.pid}/status")
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the comm.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_event(self, type_: str, key: str) -> dict[str, Any]:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            event: dict[str, Any] = json.loads(line).get("event", {})
+            if event.get("type") == type_ and event.get("key") == key:
+                return event
+        raise RuntimeError("portwatchd exited")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self._notify.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure_idle(seconds: float) -> dict[str, float]:
+    listeners = []
+    for _ in range(IDLE_LISTENERS):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        listeners.append(sock)
+    daemon = RunningDaemon(IDLE_INTERVAL_S)
+    try:
+        time.sleep(2 * IDLE_INTERVAL_S)  # past start-up
+        cpu_before, wall_before = daemon.cpu_seconds(), time.monotonic()
+        time.sleep(seconds)
+        cpu = daemon.cpu_seconds() - cpu_before
+        wall = time.monotonic() - wall_before
+        return {
+            "rss_kb": daemon.status_kb("VmRSS"),
+            "hwm_kb": daemon.status_kb("VmHWM"),
+            "cpu_percent": 100 * cpu / wall,
+            "seconds": wall,
+        }
+    finally:
+        daemon.close()
+        for sock in listeners:
+            sock.close()
+
+
+def measure_latency(trials: int) -> list[float]:
+    daemon = RunningDaemon(LATENCY_INTERVAL_S)
+    latencies = []
+    try:
+        for _ in range(trials):
+            server = subprocess.Popen(
+                [sys.executable, "-c", _NEW_SERVER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert server.stdout is not None and server.stdin is not None
+            port_text, listened_at = server.stdout.readline().split()
+            key = f"tcp:127.0.0.1:{port_text}"
+            daemon.wait_event("opened", key)
+            latencies.append((time.monotonic() - float(listened_at)) * 1000)
+            server.stdin.close()
+            server.wait(30)
+            daemon.wait_event("closed", key)
+    finally:
+        daemon.close()
+    return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+class DaemonSection:
+    name = "daemon"
+    help = "idle RSS and CPU of portwatchd, and its detection latency"
+
+    def add_arguments(self, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--idle-seconds",
+            type=float,
+            default=60.0,
+            metavar="S",
+            help="how long to measure the idle daemon's CPU (default 60)",
+        )
+        group.add_argument(
+            "--latency-trials",
+            type=int,
+            default=100,
+            metavar="N",
+            help="listeners to open one by one for the latency (default 100)",
+        )
+
+    def run(self, args: argparse.Namespace, out: TextIO) -> SectionResult:
+        result = SectionResult()
+        idle = measure_idle(args.idle_seconds)
+        latencies = measure_latency(args.latency_trials)
+        p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+        rows = [
+            ["idle RSS (VmRSS)", f"{idle['rss_kb'] / 1024:.1f} MB"],
+            ["idle peak RSS (VmHWM)", f"{idle['hwm_kb'] / 1024:.1f} MB"],
+            [f"idle CPU over {idle['seconds']:.0f} s", f"{idle['cpu_percent']:.3f} %"],
+            ["detection latency p50", f"{format_ms(p50)} ms"],
+            ["detection latency p99", f"{format_ms(p99)} ms"],
+            ["detection latency max", f"{format_ms(max(latencies))} ms"],
+        ]
+        print(
+            f"{IDLE_LISTENERS} listeners, interval {IDLE_INTERVAL_S:g} s; latency at interval "
+            f"{LATENCY_INTERVAL_S:g} s over {len(latencies)} trials",
+            file=out,
+        )
+        print(format_table(["measure", "value"], rows), file=out)
+        result.records += [
+            {"method": "daemon_idle", **idle},
+            {
+                "method": "daemon_latency",
+                "interval_s": LATENCY_INTERVAL_S,
+                "trials": len(latencies),
+                "median_ms": p50,
+                "p99_ms": p99,
+            },
+        ]
+        limit_ms = LATENCY_INTERVAL_S * 1000 + LATENCY_SLACK_MS
+        result.checks += [
+            Check(
+                "idle RSS <= 20 MB",
+                idle["rss_kb"] <= IDLE_RSS_TARGET_KB,
+                f"{idle['rss_kb'] / 1024:.1f} MB",
+            ),
+            Check(
+                "idle CPU <= 0.2% of one core",
+                idle["cpu_percent"] <= IDLE_CPU_TARGET_PERCENT,
+                f"{idle['cpu_percent']:.3f} %",
+            ),
+            Check(
+                f"detection latency p99 <= interval + 50 ms ({limit_ms:g} ms)",
+                p99 <= limit_ms,
+                f"{format_ms(p99)} ms",
+            ),
+        ]
+        return result
+
+
+SECTION = DaemonSection()
