@@ -30,5 +30,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# No setup prerequisite: setup needs the network, install must work without.
+install:
+	./scripts/install.sh
+
+uninstall:
+	./scripts/install.sh --uninstall
+
+deb: $(STAMP)
+	./scripts/deb.sh
+
 clean:
 	rm -rf run dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -121,7 +121,9 @@ class ProcScanner:
 
     name = "proc"
 
-    def __init__(self, root: str = "/proc") -> None:
+    # /proc/self/net, not /proc/net: the same table (our network namespace),
+    # and still visible where systemd's ProcSubset=pid hides /proc/net.
+    def __init__(self, root: str = "/proc/self") -> None:
         self.root = root.rstrip("/") or "/"
 
     def _read(self, table: str) -> str | None:

@@ -96,7 +96,7 @@ def _log_to_stderr(message: str) -> None:
 def open_scanner(
     backend: str = "auto",
     log: Callable[[str], None] = _log_to_stderr,
-    proc_root: str = "/proc",
+    proc_root: str = "/proc/self",
     netlink_socket_factory: Callable[[], socket.socket] | None = None,
 ) -> Scanner:
     """Open the named source: "netlink", "proc", or "auto" (netlink, else /proc).

@@ -511,7 +511,13 @@ class Service:
             self._ring.resize(new.ring_size)
         if new.backend != old.backend:
             self._replace_scanner(new.backend)
-        if new.socket != old.socket and self._control is not None:
+        if new.socket != old.socket and self._inherited_socket is not None:
+            self._log(
+                PRIORITY_WARNING,
+                "[socket] changes do not apply: systemd passes the control socket "
+                "(portwatchd.socket sets its path, group and mode)",
+            )
+        elif new.socket != old.socket and self._control is not None:
             self._control.close()
             self._control = self._control_server(new)
             try:

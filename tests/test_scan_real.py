@@ -387,7 +387,7 @@ def test_auto_falls_back_to_proc_once_when_socket_creation_is_refused(
     assert [e.key for e in scanner.scan()] == ["tcp:127.0.0.1:2222"]
     assert [e.key for e in scanner.scan()] == ["tcp:127.0.0.1:2222"]
     assert len(logged) == 1
-    assert "falling back to /proc/net" in logged[0]
+    assert "falling back to /proc/self/net" in logged[0]
     assert "Operation not permitted" in logged[0]
 
 
@@ -500,4 +500,4 @@ def test_auto_falls_back_under_a_real_seccomp_sandbox(
     assert result["keys"] == ["udp:[::]:5353"]
     assert len(result["logged"]) == 1
     assert reason in result["logged"][0]
-    assert "falling back to /proc/net" in result["logged"][0]
+    assert "falling back to /proc/self/net" in result["logged"][0]
