@@ -24,9 +24,7 @@ def ascii_status(text: str) -> str:
     return clean[:200]
 
 
-def watchdog_interval(
-    env: Mapping[str, str] | None = None, pid: int | None = None
-) -> float | None:
+def watchdog_interval(env: Mapping[str, str] | None = None, pid: int | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC, as
     sd_watchdog_enabled(3) advises; None when the watchdog is off or meant
     for another process ($WATCHDOG_PID)."""
@@ -52,7 +50,13 @@ class Notifier:
             if os.environ.get("NOTIFY_SOCKET"):
                 import sdnotify
 
-                send = sdnotify.SystemdNotifier().notify
+                notifier = sdnotify.SystemdNotifier()
+                if notifier.socket is not None:
+                    # A notify socket whose reader stalls must not stall the
+                    # loop: a full queue drops this one message (sdnotify
+                    # swallows the EAGAIN) instead of blocking in sendall.
+                    notifier.socket.setblocking(False)
+                send = notifier.notify
             else:
                 send = _discard
         self._send = send

@@ -28,6 +28,7 @@ class Daemon:
         interval: float | None = 0.1,
         watchdog_usec: int | None = None,
         extra_args: tuple[str, ...] = (),
+        read_notify: bool = True,
     ) -> None:
         # Short paths: sun_path holds 108 bytes.
         self.dir = tempfile.mkdtemp(prefix="pwd", dir="/tmp")
@@ -44,6 +45,7 @@ class Daemon:
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stderr_text: list[str] = []
         self._notify_sock: socket.socket | None = None
+        self.read_notify = read_notify
 
     def write_config(self, text: str) -> None:
         with open(self.config_path, "w", encoding="utf-8") as f:
@@ -53,7 +55,8 @@ class Daemon:
         if self._notify_sock is None:
             self._notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._notify_sock.bind(self.notify_path)
-            threading.Thread(target=self._read_notify, daemon=True).start()
+            if self.read_notify:
+                threading.Thread(target=self._read_notify, daemon=True).start()
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
@@ -143,6 +146,21 @@ class Daemon:
         )
         event: dict[str, Any] = record["event"]
         return event
+
+    def wait_events(
+        self, type_: str, keys: set[str], timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, dict[str, Any]]:
+        """Events of this type for all these keys, in whatever order they come."""
+        found: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(keys):
+            record = self.wait_line(
+                lambda r: r.get("event", {}).get("type") == type_
+                and r["event"].get("key") in keys,
+                max(0.0, deadline - time.monotonic()),
+            )
+            found[record["event"]["key"]] = record["event"]
+        return found
 
     def drain_events(self, settle: float = 0.5) -> list[dict[str, Any]]:
         """Events printed so far, waiting until `settle` seconds pass with none."""

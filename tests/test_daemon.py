@@ -216,6 +216,23 @@ def test_thousands_of_sockets_in_one_scan_are_all_reported(netns: None) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_notify_socket_nobody_reads_does_not_stall_the_loop(netns: None) -> None:
+    # systemd always reads; a test harness or a stuck manager may not. The
+    # daemon keeps sending STATUS= as events come, far more than fit.
+    d = Daemon(read_notify=False)
+    try:
+        d.start().wait_line(lambda r: " ready: " in r.get("message", ""))
+        for _ in range(3):
+            servers = [ListenerProcess() for _ in range(40)]
+            keys = {server.key for server in servers}
+            d.wait_events("opened", keys)
+            for server in servers:
+                server.close()
+            d.wait_events("closed", keys)
+    finally:
+        d.close()
+
+
 def test_check_config_accepts_good_and_rejects_bad_with_file_and_line(tmp_path: object) -> None:
     good = os.path.join(str(tmp_path), "good.toml")
     bad = os.path.join(str(tmp_path), "bad.toml")
