@@ -5,7 +5,8 @@ idle      portwatchd watching 100 listeners at interval 1 s: resident memory
 latency   portwatchd at interval 0.2 s; --latency-trials times a new process
           starts, listens and reports the CLOCK_MONOTONIC time right after
           listen(); the latency is from then to the moment the daemon's
-          "opened" event line is read. Each trial then closes the listener and
+          "opened" event line is read. A new process, as a server starting
+          is: its owner is found without a /proc walk. Each trial then closes the listener and
           waits for "closed", so trials do not overlap.
 
 The daemon runs as `python -m portwatchd.daemon` with the same interpreter,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -139,6 +141,10 @@ def measure_latency(trials: int) -> list[float]:
     latencies = []
     try:
         for _ in range(trials):
+            # Start at a random phase of the scan interval: otherwise each
+            # trial, begun right after the last "closed" event (itself a
+            # scan), would land at the same point of the cycle.
+            time.sleep(random.uniform(0, LATENCY_INTERVAL_S))
             server = subprocess.Popen(
                 [sys.executable, "-c", _NEW_SERVER],
                 stdin=subprocess.PIPE,

@@ -38,7 +38,10 @@ _PRIORITY_NAMES = {
 
 
 def event_message(event: Event) -> str:
-    """The MESSAGE a person reads: "Port opened: tcp 0.0.0.0:8080 by nginx[1234] (nginx.service)"."""
+    """The MESSAGE a person reads.
+
+    "Port opened: tcp 0.0.0.0:8080 by nginx[1234] (nginx.service)"
+    """
     ep = event.endpoint
     host = f"[{ep.address}]" if ep.family == "ipv6" else ep.address
     if ep.interface:

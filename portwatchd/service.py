@@ -102,6 +102,7 @@ class Service:
 
         self._ring = EventRing(config.ring_size)
         self._snapshot: Snapshot = {}
+        self._last_endpoints: list[Endpoint] = []
         self._owners: dict[str, Owner] = {}
         self._seq = 0
         self._journaled_seq = 0
@@ -252,15 +253,20 @@ class Service:
         if self._scan_error is not None:
             self._log(PRIORITY_INFO, f"scanning works again after: {self._scan_error}")
             self._scan_error = None
-        current = snapshot_of(endpoints)
-        changes = diff_snapshots(self._snapshot, current)
-        if changes:
-            events = self._events_for(changes, current, detected="scan")
+        # Most scans find what the last one did. The netlink scanner hands
+        # back the very same Endpoint objects for unchanged replies, so this
+        # is a pass of identity checks, and the idle daemon skips the diff.
+        if endpoints != self._last_endpoints:
+            self._last_endpoints = endpoints
+            current = snapshot_of(endpoints)
+            changes = diff_snapshots(self._snapshot, current)
+            events = self._events_for(changes, current, detected="scan") if changes else []
+            # Always take the new snapshot: a socket joining a SO_REUSEPORT
+            # group is no event, but the next diff must know it.
             self._snapshot = current
-            self._deliver(events)
-        else:
-            self._snapshot = current
-            self._retry_unknown_owners()
+            if changes:
+                self._deliver(events)  # persists the snapshot even if all were ignored
+        self._retry_unknown_owners()
         self._last_scan_time = rfc3339(self._now())
         self._last_scan_ms = (self._monotonic() - started) * 1000
         self._notifier.status(self.status_line())
@@ -273,6 +279,7 @@ class Service:
         self._notifier.status(self.status_line())
 
     def _first_batch(self, endpoints: list[Endpoint], state: State | None) -> None:
+        self._last_endpoints = endpoints
         current = snapshot_of(endpoints)
         if state is None:
             # A fresh install: the first scan is the baseline, not news.

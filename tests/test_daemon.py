@@ -82,6 +82,34 @@ def test_udp_and_reopen_by_another_socket(daemon: Daemon) -> None:
     daemon.wait_event("closed", f"udp:127.0.0.1:{port}")
 
 
+def reuseport_listener(port: int = 0) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_a_shared_port_opens_with_its_first_socket_and_closes_with_its_last(
+    daemon: Daemon,
+) -> None:
+    daemon.start().wait_ready()
+    first = reuseport_listener()
+    key = tcp_key(first)
+    daemon.wait_event("opened", key)
+    second = reuseport_listener(first.getsockname()[1])
+    time.sleep(0.5)  # several scans see both
+    first.close()  # the socket the port opened with leaves; the port stays
+    time.sleep(0.5)
+    third = reuseport_listener(second.getsockname()[1])
+    second.close()
+    time.sleep(0.5)
+    assert [e for e in daemon.drain_events() if e["key"] == key] == []
+    third.close()
+    closed = daemon.wait_event("closed", key)
+    assert closed["key"] == key
+
+
 def test_watchdog_pings_come_from_the_loop_at_half_watchdog_usec(netns: None) -> None:
     # A long scan interval: pings must not wait for scans.
     d = Daemon(interval=30, watchdog_usec=400_000)
