@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.load import LoadError
-from bench.netns import NetnsError, enter_private_netns
 from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
+from bench.load import LoadError
+from bench.netns import NetnsError, enter_private_netns
 from bench.scan import SECTION as SCAN_SECTION
 from bench.section import Check, Section
 from portwatchd.scanner import ScanError

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from portwatchd import __version__
@@ -109,12 +110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.SIGINT: service.request_stop,
     }
     for signum, request in handlers.items():
-        signal.signal(signum, lambda _signum, _frame, request=request: request())
+        signal.signal(signum, _recorder(request))
     reactor.wake_on_signals()
     try:
         return service.run()
     finally:
         reactor.close()
+
+
+def _recorder(request: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        request()
+
+    return handler
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ marked pending (same PORT_EVENT_ID, so consumers can drop the duplicate).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -119,7 +120,7 @@ class Service:
         self._next_scan = 0.0
         self._watchdog_every = watchdog_interval()
         self._next_ping = 0.0
-        self._next_heartbeat = 0.0
+        self._next_heartbeat = self._started_mono + HEARTBEAT_S
         self._last_scan_time: str | None = None
         self._last_scan_ms: float | None = None
         self._scan_error: str | None = None
@@ -173,9 +174,7 @@ class Service:
             f"portwatchd {__version__} ready: {self.status_line()}; "
             f"control socket {self.config.socket.path}",
         )
-        now = self._monotonic()
-        self._next_ping = now
-        self._next_heartbeat = now + HEARTBEAT_S
+        self._next_ping = self._monotonic()
         self._ping_if_due()
 
         while not self._stop_requested:

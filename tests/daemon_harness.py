@@ -155,8 +155,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while len(found) < len(keys):
             record = self.wait_line(
-                lambda r: r.get("event", {}).get("type") == type_
-                and r["event"].get("key") in keys,
+                lambda r: r.get("event", {}).get("type") == type_ and r["event"].get("key") in keys,
                 max(0.0, deadline - time.monotonic()),
             )
             found[record["event"]["key"]] = record["event"]
