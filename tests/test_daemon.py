@@ -102,6 +102,7 @@ def test_a_shared_port_opens_with_its_first_socket_and_closes_with_its_last(
     first.close()  # the socket the port opened with leaves; the port stays
     time.sleep(0.5)
     third = reuseport_listener(second.getsockname()[1])
+    time.sleep(0.5)
     second.close()
     time.sleep(0.5)
     assert [e for e in daemon.drain_events() if e["key"] == key] == []
