@@ -343,16 +343,26 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
     add("Protocol", "protocol")
     add("Scanner", "backend")
     add("Interval", "interval_s", f"{status.get('interval_s')} s")
+    add("Owner lookup", "owners", "on" if status.get("owners") else "off")
     add("Ports watched", "ports_watched")
     add("Events total", "events_total")
+    add("Last hour", "events_last_hour", f"{status.get('events_last_hour')} events")
+    add("Last seq", "last_seq")
     if "ring_size" in status:
         add("Ring", "ring_size", f"{status['ring_size']} of {status.get('ring_capacity', '?')}")
         shown.add("ring_capacity")
     add("Last scan", "last_scan_time", local_time(status.get("last_scan_time")))
     add("Last scan took", "last_scan_duration_ms", f"{status.get('last_scan_duration_ms')} ms")
-    add("Config", "config_path")
+    if status.get("scan_error"):
+        add("Scan FAILING", "scan_error")
+    else:
+        shown.add("scan_error")
+    add("Config", "config_path", status.get("config_path") or "built-in defaults")
+    add("State", "state_dir")
     reload = status.get("last_reload")
-    if isinstance(reload, dict):
+    if reload is None:
+        add("Last reload", "last_reload", "never")
+    elif isinstance(reload, dict):
         if reload.get("time") is None:
             text = "never"
         elif reload.get("ok"):

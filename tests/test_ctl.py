@@ -510,3 +510,23 @@ def test_bash_completion_offers_every_command_and_option() -> None:
     assert complete("events", "--type", "") == {"opened", "closed"}
     assert complete("events", "--proto", "") == {"tcp", "udp"}
     assert complete("scan", "--backend", "") == {"auto", "netlink", "proc"}
+
+
+def test_status_lines_label_every_field_the_daemon_sends() -> None:
+    from portwatchd.ctl import status_lines
+
+    status = {
+        "version": "0.1.0", "pid": 7, "uptime_s": 65.0, "interval_s": 1.0,
+        "backend": "netlink", "owners": True, "ports_watched": 2, "events_total": 3,
+        "events_last_hour": 3, "last_seq": 3, "ring_size": 3, "ring_capacity": 1000,
+        "last_scan_time": "2026-11-25T15:19:34.425411Z", "last_scan_duration_ms": 0.424,
+        "scan_error": None, "config_path": None, "state_dir": "/var/lib/portwatchd",
+        "last_reload": None, "protocol": 1, "clients": 1, "followers": 0,
+    }  # fmt: skip
+    pairs = dict(status_lines(status))
+    assert all(label[0].isupper() for label in pairs), pairs
+    assert pairs["Config"] == "built-in defaults"
+    assert pairs["Last reload"] == "never"
+    assert pairs["Owner lookup"] == "on"
+    failing = dict(status_lines({**status, "scan_error": "netlink: EPERM"}))
+    assert failing["Scan FAILING"] == "netlink: EPERM"
