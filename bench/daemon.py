@@ -16,18 +16,15 @@ in the benchmark's private network namespace, events on stderr as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
+from bench.daemon_process import RunningDaemon
 from bench.section import Check, SectionResult, format_ms, format_table
 
 IDLE_LISTENERS = 100
@@ -45,69 +42,6 @@ s.listen()
 print(s.getsockname()[1], time.monotonic(), flush=True)
 sys.stdin.read()
 """
-
-
-class RunningDaemon:
-    """portwatchd with a NOTIFY_SOCKET of ours, so we know when it is READY."""
-
-    def __init__(self, interval: float) -> None:
-        self.dir = tempfile.mkdtemp(prefix="pwb", dir="/tmp")
-        config = os.path.join(self.dir, "portwatchd.toml")
-        with open(config, "w", encoding="utf-8") as f:
-            f.write('log_format = "json"\n')
-        notify_path = os.path.join(self.dir, "notify")
-        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._notify.bind(notify_path)
-        self._notify.settimeout(30)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "portwatchd.daemon",
-                "--config",
-                config,
-                "--interval",
-                str(interval),
-                "--state-dir",
-                os.path.join(self.dir, "state"),
-                "--socket",
-                os.path.join(self.dir, "ctl.sock"),
-                "--log-target",
-                "stderr",
-            ],
-            env=dict(os.environ, NOTIFY_SOCKET=notify_path),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        while b"READY=1" not in self._notify.recv(4096):
-            pass
-
-    def status_kb(self, field: str) -> int:
-        with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        raise RuntimeError(f"no {field} in /proc/{self.proc.pid}/status")
-
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the comm.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def wait_event(self, type_: str, key: str) -> dict[str, Any]:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            event: dict[str, Any] = json.loads(line).get("event", {})
-            if event.get("type") == type_ and event.get("key") == key:
-                return event
-        raise RuntimeError("portwatchd exited")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self._notify.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def measure_idle(seconds: float) -> dict[str, float]:

@@ -106,20 +106,28 @@ class Daemon:
 
     # -- waiting -------------------------------------------------------------
 
-    def wait_notify(
-        self, predicate: Callable[[str], bool], timeout: float = DEFAULT_TIMEOUT
-    ) -> tuple[float, str]:
+    def _wait(
+        self, source: queue.Queue[Any], predicate: Callable[[Any], bool], timeout: float, what: str
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no matching sd_notify message; stderr: {self.stderr()}")
+                raise AssertionError(f"no matching {what}; stderr: {self.stderr()}")
             try:
-                stamp, message = self.notifications.get(timeout=remaining)
+                item = source.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if predicate(message):
-                return stamp, message
+            if predicate(item):
+                return item
+
+    def wait_notify(
+        self, predicate: Callable[[str], bool], timeout: float = DEFAULT_TIMEOUT
+    ) -> tuple[float, str]:
+        stamped: tuple[float, str] = self._wait(
+            self.notifications, lambda item: predicate(item[1]), timeout, "sd_notify message"
+        )
+        return stamped
 
     def wait_ready(self, timeout: float = DEFAULT_TIMEOUT) -> str:
         return self.wait_notify(lambda m: "READY=1" in m.split("\n"), timeout)[1]
@@ -127,17 +135,8 @@ class Daemon:
     def wait_line(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = DEFAULT_TIMEOUT
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no matching line; stderr: {self.stderr()}")
-            try:
-                record = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if predicate(record):
-                return record
+        record: dict[str, Any] = self._wait(self.lines, predicate, timeout, "line")
+        return record
 
     def wait_event(self, type_: str, key: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         record = self.wait_line(
