@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml requirements-dev.txt scripts/setup.sh
 	./scripts/setup.sh
 
 # The daemon in the foreground, on built-in defaults, state and socket
-# under ./run so that it needs nothing installed system-wide.
+# under ./run so that it needs nothing installed system-wide, and events on
+# this terminal rather than in the journal.
 run: $(STAMP)
-	$(VENV)/bin/portwatchd --state-dir run/state --socket run/control.sock $(RUN_ARGS)
+	$(VENV)/bin/portwatchd --state-dir run/state --socket run/control.sock \
+		--log-target stderr $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -58,6 +58,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def counted(count: int, noun: str) -> str:
+    """"1 port", "12 ports"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def rfc3339(moment: datetime) -> str:
     """UTC, RFC 3339 with microseconds: 2026-11-25T14:20:31.123456Z."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -287,7 +292,7 @@ class Service:
             self._persist()
             self._log(
                 PRIORITY_INFO,
-                f"baseline: watching {len(current)} listening ports; "
+                f"baseline: watching {counted(len(current), 'listening port')}; "
                 "changes from now on are reported",
             )
             return
@@ -302,7 +307,7 @@ class Service:
         if events:
             self._log(
                 PRIORITY_INFO,
-                f"{len(events)} changes happened while portwatchd was not running "
+                f"{counted(len(events), 'change')} happened while portwatchd was not running "
                 f"(since {down_since})",
             )
         self._deliver(events)
@@ -617,8 +622,8 @@ class Service:
     def status_line(self) -> str:
         """STATUS= text: "watching 12 ports every 1s; 3 events in the last hour"."""
         line = (
-            f"watching {len(self._snapshot)} ports every {self.config.interval:g}s; "
-            f"{self._events_last_hour()} events in the last hour"
+            f"watching {counted(len(self._snapshot), 'port')} every {self.config.interval:g}s; "
+            f"{counted(self._events_last_hour(), 'event')} in the last hour"
         )
         if self._scan_error:
             line += f"; scan failing: {self._scan_error}"

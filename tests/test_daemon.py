@@ -40,9 +40,9 @@ def test_ready_after_first_scan_with_readable_status(daemon: Daemon) -> None:
     with listen_tcp():
         daemon.start()
         message = daemon.wait_ready()
-    assert "STATUS=watching 1 ports every 0.1s; 0 events in the last hour" in message
+    assert "STATUS=watching 1 port every 0.1s; 0 events in the last hour" in message
     baseline = daemon.wait_line(lambda r: "baseline" in r.get("message", ""))
-    assert "watching 1 listening ports" in baseline["message"]
+    assert "watching 1 listening port;" in baseline["message"]
     # A control socket that answers is part of "ready".
     assert os.path.exists(daemon.socket_path)
 
