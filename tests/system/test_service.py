@@ -184,7 +184,10 @@ def test_start_returns_once_ready_and_status_reads_well(box: Sandbox) -> None:
         # already know the port that was open before the start.
         status = ctl(box, "status")
         assert status["pid"] == int(props["MainPID"])
-        assert props["StatusText"].startswith(f"watching {status['ports_watched']} ports")
+        watched = status["ports_watched"]
+        assert props["StatusText"].startswith(
+            f"watching {watched} port{'' if watched == 1 else 's'} every"
+        )
         assert status["ports_watched"] >= 1
         assert "tcp:0.0.0.0:18079" in {record["key"] for record in ctl(box, "ports")}
 
