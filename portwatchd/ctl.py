@@ -353,10 +353,11 @@ def status_lines(status: dict[str, Any]) -> list[tuple[str, str]]:
         shown.add("ring_capacity")
     add("Last scan", "last_scan_time", local_time(status.get("last_scan_time")))
     add("Last scan took", "last_scan_duration_ms", f"{status.get('last_scan_duration_ms')} ms")
-    if status.get("scan_error"):
-        add("Scan FAILING", "scan_error")
-    else:
-        shown.add("scan_error")
+    for key, label in (("scan_error", "Scan FAILING"), ("journal_error", "Journal FAILING")):
+        if status.get(key):
+            add(label, key)
+        else:
+            shown.add(key)
     add("Config", "config_path", status.get("config_path") or "built-in defaults")
     add("State", "state_dir")
     reload = status.get("last_reload")

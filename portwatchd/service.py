@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 import uuid
@@ -59,7 +60,7 @@ def utc_now() -> datetime:
 
 
 def counted(count: int, noun: str) -> str:
-    """"1 port", "12 ports"."""
+    """ "1 port", "12 ports"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
@@ -130,6 +131,7 @@ class Service:
         self._last_scan_ms: float | None = None
         self._scan_error: str | None = None
         self._last_reload: ReloadResult | None = None
+        self._journal_error: str | None = None
         # state_dir changes apply at restart only: keep the one we started with.
         self._state_dir = config.state_dir
         self._state_file = os.path.join(config.state_dir, STATE_FILE)
@@ -271,6 +273,8 @@ class Service:
             if changes:
                 self._deliver(events)  # persists the snapshot even if all were ignored
         self._retry_unknown_owners()
+        if self._journaled_seq < self._seq:
+            self._journal_pending()
         self._last_scan_time = rfc3339(self._now())
         self._last_scan_ms = (self._monotonic() - started) * 1000
         self._notifier.status(self.status_line())
@@ -438,10 +442,7 @@ class Service:
             return
         self._ring.extend(events)
         self._persist()  # write-ahead: the events exist before anyone hears of them
-        for event in events:
-            self._sink.event(event)
-        self._journaled_seq = events[-1].seq
-        self._persist()
+        self._journal_pending()
         now = self._monotonic()
         self._recent.extend(now for _ in events)
         self._events_total += len(events)
@@ -464,18 +465,47 @@ class Service:
         self._seq = state.last_seq
         self._journaled_seq = state.journaled_seq
         self._ring.extend(state.ring)
-        pending = [event for event in state.ring if event.seq > state.journaled_seq]
-        if pending:
+        if self._seq > self._journaled_seq:
             # The last run stopped between writing these and journaling them.
-            for event in pending:
-                self._sink.event(event)
-            self._journaled_seq = pending[-1].seq
             self._log(
                 PRIORITY_WARNING,
-                f"re-sent {len(pending)} events that may not have reached the journal "
-                "before portwatchd stopped",
+                f"re-sending {counted(self._seq - self._journaled_seq, 'event')} that may not "
+                "have reached the journal before portwatchd stopped",
             )
+            self._journal_pending()
         return state
+
+    def _journal_pending(self) -> None:
+        """Send every event not yet known to be in the journal, oldest first.
+
+        A send that fails (journald restarting, say) leaves the rest
+        pending: the next scan tries again, and the state file remembers
+        them across a restart."""
+        pending = self._ring.query(after_seq=self._journaled_seq)
+        sent_before = self._journaled_seq
+        for event in pending:
+            try:
+                self._sink.event(event)
+            except OSError as err:
+                if self._journal_error is None:
+                    _emergency(f"cannot journal events, keeping them pending: {err}")
+                self._journal_error = str(err)
+                break
+            self._journaled_seq = event.seq
+        else:
+            if self._journal_error is not None:
+                self._journal_error = None
+                self._log(PRIORITY_INFO, "journaling works again; pending events sent")
+            lost_to = pending[0].seq - 1 if pending else self._seq
+            if lost_to > sent_before:
+                self._log(
+                    PRIORITY_ERR,
+                    f"events {sent_before + 1} to {lost_to} left the ring before they "
+                    "could be journaled",
+                )
+            self._journaled_seq = self._seq
+        if self._journaled_seq != sent_before:
+            self._persist()
 
     def _persist(self) -> None:
         state = State(
@@ -614,6 +644,7 @@ class Service:
                 round(self._last_scan_ms, 3) if self._last_scan_ms is not None else None
             ),
             "scan_error": self._scan_error,
+            "journal_error": self._journal_error,
             "config_path": self.config.source,
             "state_dir": self._state_dir,
             "last_reload": self._last_reload.to_dict() if self._last_reload else None,
@@ -627,6 +658,8 @@ class Service:
         )
         if self._scan_error:
             line += f"; scan failing: {self._scan_error}"
+        if self._journal_error:
+            line += f"; journal failing, {self._seq - self._journaled_seq} events pending"
         if self._last_reload is not None and not self._last_reload.ok:
             line += f"; reload refused: {self._last_reload.error}"
         return line
@@ -638,4 +671,15 @@ class Service:
         return len(self._recent)
 
     def _log(self, priority: int, message: str, **fields: str) -> None:
-        self._sink.log(priority, message, **fields)
+        try:
+            self._sink.log(priority, message, **fields)
+        except OSError as err:
+            _emergency(f"{message} (and the log failed: {err})")
+
+
+def _emergency(message: str) -> None:
+    """Last resort when the sink itself fails: stderr, which systemd keeps
+    even when journald is being restarted."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"<{PRIORITY_ERR}>portwatchd: {message}\n")
+        sys.stderr.flush()

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from portwatchd.config import Config
-from portwatchd.model import Event
+from portwatchd.model import Endpoint, Event
 from portwatchd.notify import Notifier
+from portwatchd.protocol import EventQuery
 from portwatchd.reactor import Reactor
 from portwatchd.service import HEARTBEAT_S, Service
 
@@ -52,3 +53,82 @@ def test_heartbeat_touches_the_state_file_so_downtime_is_dated(tmp_path: Path) -
     service._heartbeat_if_due()
     assert state_file.stat().st_mtime > 1
     reactor.close()
+
+
+class FlakySink(RecordingSink):
+    """A journal that refuses events while `failing` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def event(self, event: Event) -> None:
+        if self.failing:
+            raise ConnectionRefusedError(111, "Connection refused")
+        super().event(event)
+
+
+class ListScanner:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.endpoints: list[Endpoint] = []
+
+    def scan(self) -> list[Endpoint]:
+        return list(self.endpoints)
+
+    def close(self) -> None:
+        pass
+
+
+def make_service(tmp_path: Path, sink: RecordingSink, scanner: ListScanner) -> Service:
+    return Service(
+        Config(state_dir=str(tmp_path), owners=False),
+        sink=sink,
+        notifier=Notifier(send=lambda _message: None),
+        reload_config=Config,
+        reactor=Reactor(),
+        scanner_factory=lambda _backend: scanner,
+    )
+
+
+def test_events_journald_refuses_stay_pending_until_it_takes_them(tmp_path: Path) -> None:
+    sink, scanner = FlakySink(), ListScanner()
+    service = make_service(tmp_path, sink, scanner)
+    service._scanner = scanner
+    service._first_batch(scanner.scan(), None)
+
+    sink.failing = True
+    scanner.endpoints = [Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=11)]
+    service._scan_once()
+    assert sink.events == []
+    assert "journal failing, 1 events pending" in service.status_line()
+    assert service.status()["journal_error"]
+
+    # Still refused: another change queues behind the first, in order.
+    scanner.endpoints.append(Endpoint("tcp", "ipv4", "0.0.0.0", 443, inode=12))
+    service._scan_once()
+    sink.failing = False
+    service._scan_once()
+    assert [(e.seq, e.endpoint.port) for e in sink.events] == [(1, 80), (2, 443)]
+    assert service.status()["journal_error"] is None
+
+
+def test_events_pending_at_a_crash_are_sent_at_the_next_start_with_the_same_id(
+    tmp_path: Path,
+) -> None:
+    sink, scanner = FlakySink(), ListScanner()
+    first = make_service(tmp_path, sink, scanner)
+    first._scanner = scanner
+    first._first_batch(scanner.scan(), None)
+    sink.failing = True
+    scanner.endpoints = [Endpoint("udp", "ipv4", "127.0.0.1", 53, inode=21)]
+    first._scan_once()  # written ahead to the state file, not journaled; then "crash"
+
+    later_sink = RecordingSink()
+    second = make_service(tmp_path, later_sink, scanner)
+    second._restore_state()
+    assert [e.endpoint.port for e in later_sink.events] == [53]
+    pending_id = later_sink.events[0].id
+    assert pending_id == first.query_events(EventQuery())[0].id
+    assert any("re-sending 1 event" in message for _, message in later_sink.messages)
