@@ -442,7 +442,7 @@ class Service:
             return
         self._ring.extend(events)
         self._persist()  # write-ahead: the events exist before anyone hears of them
-        self._journal_pending()
+        self._journal_pending(events)
         now = self._monotonic()
         self._recent.extend(now for _ in events)
         self._events_total += len(events)
@@ -475,13 +475,23 @@ class Service:
             self._journal_pending()
         return state
 
-    def _journal_pending(self) -> None:
-        """Send every event not yet known to be in the journal, oldest first.
+    def _journal_pending(self, fresh: Sequence[Event] = ()) -> None:
+        """Send every event not yet known to be in the journal, oldest first:
+        those still pending from earlier (kept in the ring), then `fresh`,
+        the batch just made, which may be larger than the ring.
 
         A send that fails (journald restarting, say) leaves the rest
         pending: the next scan tries again, and the state file remembers
         them across a restart."""
-        pending = self._ring.query(after_seq=self._journaled_seq)
+        first_fresh = fresh[0].seq if fresh else self._seq + 1
+        older = []
+        if self._journaled_seq < first_fresh - 1:
+            older = [
+                event
+                for event in self._ring.query(after_seq=self._journaled_seq)
+                if event.seq < first_fresh
+            ]
+        pending = [*older, *fresh]
         sent_before = self._journaled_seq
         for event in pending:
             try:
@@ -498,6 +508,8 @@ class Service:
                 self._log(PRIORITY_INFO, "journaling works again; pending events sent")
             lost_to = pending[0].seq - 1 if pending else self._seq
             if lost_to > sent_before:
+                # Still pending when the ring (and so the state file) let
+                # them go: only a long journald outage gets here.
                 self._log(
                     PRIORITY_ERR,
                     f"events {sent_before + 1} to {lost_to} left the ring before they "

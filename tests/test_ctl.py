@@ -520,8 +520,9 @@ def test_status_lines_label_every_field_the_daemon_sends() -> None:
         "backend": "netlink", "owners": True, "ports_watched": 2, "events_total": 3,
         "events_last_hour": 3, "last_seq": 3, "ring_size": 3, "ring_capacity": 1000,
         "last_scan_time": "2026-11-25T15:19:34.425411Z", "last_scan_duration_ms": 0.424,
-        "scan_error": None, "journal_error": None, "config_path": None, "state_dir": "/var/lib/portwatchd",
-        "last_reload": None, "protocol": 1, "clients": 1, "followers": 0,
+        "scan_error": None, "journal_error": None, "config_path": None,
+        "state_dir": "/var/lib/portwatchd", "last_reload": None, "protocol": 1,
+        "clients": 1, "followers": 0,
     }  # fmt: skip
     pairs = dict(status_lines(status))
     assert all(label[0].isupper() for label in pairs), pairs

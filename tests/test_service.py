@@ -132,3 +132,21 @@ def test_events_pending_at_a_crash_are_sent_at_the_next_start_with_the_same_id(
     pending_id = later_sink.events[0].id
     assert pending_id == first.query_events(EventQuery())[0].id
     assert any("re-sending 1 event" in message for _, message in later_sink.messages)
+
+
+def test_a_batch_larger_than_the_ring_is_journaled_whole(tmp_path: Path) -> None:
+    sink, scanner = RecordingSink(), ListScanner()
+    service = Service(
+        Config(state_dir=str(tmp_path), owners=False, ring_size=5),
+        sink=sink,
+        notifier=Notifier(send=lambda _message: None),
+        reload_config=Config,
+        reactor=Reactor(),
+        scanner_factory=lambda _backend: scanner,
+    )
+    service._scanner = scanner
+    service._first_batch(scanner.scan(), None)
+    scanner.endpoints = [Endpoint("tcp", "ipv4", "0.0.0.0", 1000 + i, inode=i) for i in range(12)]
+    service._scan_once()
+    assert [e.seq for e in sink.events] == list(range(1, 13))
+    assert len(service.query_events(EventQuery())) == 5
