@@ -16,6 +16,7 @@ python3 python3-venv python3-systemd python3-sdnotify python3-setuptools
 python3-pip python3-wheel man-db
 iproute2 util-linux procps systemd
 debhelper dh-python pybuild-plugin-pyproject python3-all dpkg-dev fakeroot lintian
+python3-pytest python3-hypothesis bash-completion
 "
 
 missing=""
