@@ -3,6 +3,7 @@ namespace, a real NOTIFY_SOCKET, real listening sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -299,3 +300,56 @@ def test_status_json_over_the_control_socket(daemon: Daemon) -> None:
     status = reply.get("status", reply)
     assert status["interval_s"] == 0.1
     assert status["backend"] == "netlink"
+
+
+def test_bad_clients_do_not_stop_scanning_pings_or_good_clients(netns: None) -> None:
+    """Issue's list of bad input, all at once, against the real daemon."""
+    d = Daemon(watchdog_usec=1_000_000)
+    bad: list[socket.socket] = []
+    try:
+        d.start().wait_ready()
+
+        def connect() -> socket.socket:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(5)
+            sock.connect(d.socket_path)
+            bad.append(sock)
+            return sock
+
+        connect()  # connects and sends nothing
+        connect().sendall(b'{"v": 1, "req": "sta')  # half a line, then stalls
+        connect().sendall(b"\x00\xff garbage \xfe\n")
+        connect().sendall(b'{"v": 1, "req": "events", "limit": "many"}\n')
+        connect().sendall(b'{"v": 1, "req": "reboot"}\n')
+        huge = connect()
+        with contextlib.suppress(OSError):  # the daemon may close it mid-send
+            huge.sendall(b"x" * (10 * 1024 * 1024))
+        follower = connect()  # follows and never reads
+        follower.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        follower.sendall(b'{"v": 1, "req": "follow"}\n')
+        for _ in range(500):  # far past max_clients
+            with contextlib.suppress(OSError):
+                connect()
+
+        # Meanwhile: scanning goes on, and so do the watchdog pings.
+        servers = [ListenerProcess() for _ in range(30)]
+        d.wait_events("opened", {server.key for server in servers})
+        for server in servers:
+            server.close()
+        pings = [d.wait_notify(lambda m: m == "WATCHDOG=1", timeout=3)[0] for _ in range(3)]
+        assert pings == sorted(pings)
+
+        # The next well-behaved client is answered.
+        for sock in bad:
+            sock.close()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(5)
+            client.connect(d.socket_path)
+            client.sendall(b'{"v": 1, "req": "status"}\n')
+            reply = json.loads(client.makefile().readline())
+        assert reply["ok"] is True
+        assert d.proc is not None and d.proc.poll() is None
+    finally:
+        for sock in bad:
+            sock.close()
+        d.close()
