@@ -694,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Query portwatchd: listening ports and their open/close history.",
         parents=[common],
         epilog="Exit status: 0 ok, 1 daemon error, 2 usage, 3 daemon not reachable, "
-        "4 permission denied. See portwatchctl(1).",
+        "4 permission denied, 130 interrupted. See portwatchctl(1).",
     )
     parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -707,10 +707,15 @@ def build_parser() -> argparse.ArgumentParser:
     events = command("events", "show the recorded open/close events")
     events.add_argument("--since", type=parse_since, metavar="WHEN", help="10m, 2h, 1d or ISO 8601")
     events.add_argument("--after-seq", type=_bounded_int(0, None), metavar="N", help="after seq N")
-    events.add_argument("--limit", type=_bounded_int(1, None), metavar="N", help="the last N")
+    events.add_argument(
+        "--limit",
+        type=_bounded_int(1, None),
+        metavar="N",
+        help="at most N events: the newest N, or the first N after --after-seq",
+    )
     events.add_argument("--type", choices=("opened", "closed"))
     events.add_argument("--proto", choices=("tcp", "udp"))
-    events.add_argument("--port", type=_bounded_int(0, 65535), metavar="N")
+    events.add_argument("--port", type=_bounded_int(1, 65535), metavar="N")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
 

@@ -92,7 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from portwatchd.reactor import Reactor
     from portwatchd.service import Service
 
-    sink = open_sink(config.log_target, json_lines=config.log_format == "json")
+    try:
+        sink = open_sink(config.log_target, json_lines=config.log_format == "json")
+        inherited = inherited_listen_socket()
+    except (ImportError, OSError) as err:
+        # systemd-python missing for log_target = "journal", or a socket
+        # passed by systemd that is not a listening Unix stream socket.
+        print(f"portwatchd: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     reactor = Reactor()
     service = Service(
         config,
@@ -100,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notifier=Notifier(),
         reload_config=read_config,
         reactor=reactor,
-        inherited_socket=inherited_listen_socket(),
+        inherited_socket=inherited,
     )
     # The handlers only record the request (Service.request_*); the wakeup
     # fd makes the loop notice at once.

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -565,18 +565,20 @@ class Service:
         if new.backend != old.backend:
             self._replace_scanner(new.backend)
         if new.socket != old.socket and self._inherited_socket is not None:
+            self.config = replace(new, socket=old.socket)
             self._log(
                 PRIORITY_WARNING,
                 "[socket] changes do not apply: systemd passes the control socket "
                 "(portwatchd.socket sets its path, group and mode)",
             )
         elif new.socket != old.socket and self._control is not None:
-            self._control.close()
-            self._control = self._control_server(new)
-            try:
-                self._control.start()
-            except OSError as err:
-                self._log(PRIORITY_ERR, f"cannot listen on {new.socket.path}: {err}")
+            error = self._rebind_control(old, new)
+            if error is not None:
+                self.config = replace(new, socket=old.socket)
+                self._last_reload = ReloadResult(moment, False, error)
+                self._log(PRIORITY_ERR, f"configuration reload: {error}")
+                self._notifier.ready(self.status_line())
+                return
         ignored = [
             key
             for key in ("state_dir", "log_target", "log_format")
@@ -587,6 +589,26 @@ class Service:
         self._last_reload = ReloadResult(moment, True)
         self._log(PRIORITY_INFO, f"configuration reloaded: {self.status_line()}")
         self._notifier.ready(self.status_line())
+
+    def _rebind_control(self, old: Config, new: Config) -> str | None:
+        """Move the control socket to the new [socket] settings; if that
+        fails, go back to the old ones and say why."""
+        assert self._control is not None
+        self._control.close()
+        self._control = self._control_server(new)
+        try:
+            self._control.start()
+        except OSError as err:
+            self._control = self._control_server(old)
+            try:
+                self._control.start()
+            except OSError as again:
+                return (
+                    f"cannot listen on {new.socket.path} ({err}) nor again on "
+                    f"{old.socket.path} ({again}); portwatchctl cannot reach this daemon"
+                )
+            return f"cannot listen on {new.socket.path}: {err}; keeping {old.socket.path}"
+        return None
 
     def _replace_scanner(self, backend: str) -> None:
         try:

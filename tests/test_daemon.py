@@ -159,6 +159,21 @@ def test_sighup_with_broken_config_keeps_old_config_and_says_why(daemon: Daemon)
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
+def test_reload_whose_socket_cannot_be_set_up_keeps_the_old_one(daemon: Daemon) -> None:
+    daemon.start().wait_ready()
+    daemon.write_config('[socket]\ngroup = "no-such-group-here"\n')
+    daemon.signal(signal.SIGHUP)
+    ready = daemon.wait_ready()
+    assert "reload refused" in ready and "no-such-group-here" in ready
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(daemon.socket_path)
+        client.sendall(b'{"v": 1, "req": "status"}\n')
+        reply = json.loads(client.makefile().readline())
+    assert reply["ok"] is True
+    assert reply["status"]["last_reload"]["ok"] is False
+
+
 def test_sighup_storm_is_coalesced_and_daemon_survives(daemon: Daemon) -> None:
     daemon.start().wait_ready()
     for _ in range(50):
@@ -297,7 +312,7 @@ def test_status_json_over_the_control_socket(daemon: Daemon) -> None:
         client.sendall(b'{"v": 1, "req": "status"}\n')
         reply = json.loads(client.makefile().readline())
     assert reply["ok"] is True
-    status = reply.get("status", reply)
+    status = reply["status"]
     assert status["interval_s"] == 0.1
     assert status["backend"] == "netlink"
 
