@@ -53,6 +53,9 @@ HOUR_S = 3600.0
 # limit defers by at most this long waits for it: "by nginx[1234]" a second
 # late beats "by unknown process" on time.
 OWNER_WAIT_MAX_S = 2.0
+# A /proc walk is cut after its budget (0.5 s); one still running after this
+# long is stuck in the kernel, and the watchdog should see it.
+WALK_STUCK_S = 10.0
 
 
 def utc_now() -> datetime:
@@ -263,13 +266,14 @@ class Service:
         # back the very same Endpoint objects for unchanged replies, so this
         # is a pass of identity checks, and the idle daemon skips the diff.
         if endpoints != self._last_endpoints:
-            self._last_endpoints = endpoints
             current = snapshot_of(endpoints)
             changes = diff_snapshots(self._snapshot, current)
             events = self._events_for(changes, current, detected="scan") if changes else []
+            self._forget_departed(current)
             # Always take the new snapshot: a socket joining a SO_REUSEPORT
             # group is no event, but the next diff must know it.
             self._snapshot = current
+            self._last_endpoints = endpoints
             if changes:
                 self._deliver(events)  # persists the snapshot even if all were ignored
         self._retry_unknown_owners()
@@ -278,6 +282,23 @@ class Service:
         self._last_scan_time = rfc3339(self._now())
         self._last_scan_ms = (self._monotonic() - started) * 1000
         self._notifier.status(self.status_line())
+
+    def _forget_departed(self, current: Snapshot) -> None:
+        """Sockets that left without their key closing (a SO_REUSEPORT
+        hand-over, as in a hot restart of haproxy): the resolver forgets
+        them, and a key whose first socket changed is looked up again, so
+        `ports` and the eventual "closed" name the process holding it now."""
+        departed = []
+        for key, sockets in self._snapshot.items():
+            still = current.get(key)
+            if still is None:
+                continue  # closed: _events_for took care of it
+            inodes = {endpoint.inode for endpoint in still}
+            departed += [endpoint.inode for endpoint in sockets if endpoint.inode not in inodes]
+            if still[0].inode != sockets[0].inode:
+                self._owners.pop(key, None)
+        if departed:
+            self._resolver.forget(departed)
 
     def _scan_failed(self, err: ScanError) -> None:
         message = str(err)
@@ -300,12 +321,10 @@ class Service:
                 "changes from now on are reported",
             )
             return
-        previous = snapshot_of(endpoint for endpoint, _ in state.snapshot)
-        self._owners = {endpoint.key: owner for endpoint, owner in state.snapshot if owner.known}
-        changes = diff_snapshots(previous, current)
+        changes = diff_snapshots(self._snapshot, current)
         down_since = max(state.saved_at, self._state_touched_at or state.saved_at)
-        self._snapshot = previous
         events = self._events_for(changes, current, detected="startup", down_since=down_since)
+        self._forget_departed(current)
         self._snapshot = current
         self._resolve_keys(key for key in current if key not in self._owners)
         if events:
@@ -372,13 +391,19 @@ class Service:
         if not self.config.owners or not keys:
             return {}
         inode_of = {key: snapshot[key][0].inode for key in keys if key in snapshot}
-        found = self._resolver.resolve_new(inode_of.values())
-        missing = [inode for inode in inode_of.values() if inode not in found]
-        if missing:
-            due_in = self._resolver.walk_due_in(missing)
-            if due_in is not None and due_in <= OWNER_WAIT_MAX_S:
-                self._pause(due_in)
-                found.update(self._off_loop(self._resolver.resolve_walk, missing))
+        try:
+            found = self._resolver.resolve_new(inode_of.values())
+            missing = [inode for inode in inode_of.values() if inode not in found]
+            if missing:
+                due_in = self._resolver.walk_due_in(missing)
+                if due_in is not None and due_in <= OWNER_WAIT_MAX_S:
+                    self._pause(due_in)
+                    found.update(self._off_loop(self._resolver.resolve_walk, missing))
+        except Exception as err:
+            # EMFILE, EIO or a bug in the walk: the owners stay unknown
+            # (never guessed), the events still go out.
+            self._log(PRIORITY_ERR, f"owner lookup failed, reporting owners unknown: {err!r}")
+            found = {}
         owners = {key: found.get(inode, UNKNOWN_OWNER) for key, inode in inode_of.items()}
         self._owners.update({key: owner for key, owner in owners.items() if owner.known})
         return owners
@@ -415,6 +440,7 @@ class Service:
         clients and pinging the watchdog until it is done."""
         result: dict[int, Owner] = {}
         failure: list[BaseException] = []
+        done = threading.Event()
 
         def walk() -> None:
             try:
@@ -422,14 +448,18 @@ class Service:
             except BaseException as err:  # handed to the loop thread
                 failure.append(err)
             finally:
+                done.set()  # before the wake-up, so the loop sees it when it wakes
                 self._reactor.wake()
 
-        worker = threading.Thread(target=walk, name="owners", daemon=True)
-        worker.start()
-        while worker.is_alive():
+        threading.Thread(target=walk, name="owners", daemon=True).start()
+        # A walk is cut by its budget; one that runs far past it is stuck
+        # (reading /proc/PID/cmdline of a process stuck on a dead mount
+        # blocks): stop pinging, and let systemd's watchdog restart us.
+        stuck_at = self._monotonic() + WALK_STUCK_S
+        while not done.is_set():
             self._reactor.run_once(self._ping_step(1.0))
-            self._ping_if_due()
-        worker.join()
+            if self._monotonic() < stuck_at:
+                self._ping_if_due()
         if failure:
             raise failure[0]
         return result
@@ -465,6 +495,10 @@ class Service:
         self._seq = state.last_seq
         self._journaled_seq = state.journaled_seq
         self._ring.extend(state.ring)
+        # The saved snapshot stands until the first scan replaces it: a
+        # state write before then (re-sending pending events) must keep it.
+        self._snapshot = snapshot_of(endpoint for endpoint, _ in state.snapshot)
+        self._owners = {endpoint.key: owner for endpoint, owner in state.snapshot if owner.known}
         if self._seq > self._journaled_seq:
             # The last run stopped between writing these and journaling them.
             self._log(
@@ -501,6 +535,10 @@ class Service:
                     _emergency(f"cannot journal events, keeping them pending: {err}")
                 self._journal_error = str(err)
                 break
+            except ValueError as err:
+                # This event cannot be encoded, now or ever: retrying would
+                # block every event behind it. It stays in the ring.
+                self._log(PRIORITY_ERR, f"cannot journal event {event.seq}, skipping it: {err}")
             self._journaled_seq = event.seq
         else:
             if self._journal_error is not None:

@@ -150,3 +150,79 @@ def test_a_batch_larger_than_the_ring_is_journaled_whole(tmp_path: Path) -> None
     service._scan_once()
     assert [e.seq for e in sink.events] == list(range(1, 13))
     assert len(service.query_events(EventQuery())) == 5
+
+
+def test_a_restart_that_re_sends_pending_events_keeps_the_saved_snapshot(
+    tmp_path: Path,
+) -> None:
+    sink, scanner = FlakySink(), ListScanner()
+    scanner.endpoints = [Endpoint("tcp", "ipv4", "0.0.0.0", 22, inode=1)]
+    first = make_service(tmp_path, sink, scanner)
+    first._scanner = scanner
+    first._first_batch(scanner.scan(), None)
+    sink.failing = True
+    scanner.endpoints.append(Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=2))
+    first._scan_once()  # port 80 pending; then "crash"
+
+    # A start that re-sends the pending event and dies before its first scan...
+    second = make_service(tmp_path, RecordingSink(), scanner)
+    second._restore_state()
+    # ...must leave the next start the same picture: no spurious events.
+    third_sink = RecordingSink()
+    third = make_service(tmp_path, third_sink, scanner)
+    state = third._restore_state()
+    third._scanner = scanner
+    third._first_batch(scanner.scan(), state)
+    assert third_sink.events == []
+
+
+def test_an_event_that_cannot_be_encoded_does_not_block_the_others(tmp_path: Path) -> None:
+    class PickySink(RecordingSink):
+        def event(self, event: Event) -> None:
+            if event.endpoint.port == 666:
+                raise UnicodeEncodeError("utf-8", "\udce9", 0, 1, "surrogates not allowed")
+            super().event(event)
+
+    sink, scanner = PickySink(), ListScanner()
+    service = make_service(tmp_path, sink, scanner)
+    service._scanner = scanner
+    service._first_batch(scanner.scan(), None)
+    scanner.endpoints = [
+        Endpoint("tcp", "ipv4", "0.0.0.0", 666, inode=1),
+        Endpoint("tcp", "ipv4", "0.0.0.0", 667, inode=2),
+    ]
+    service._scan_once()
+    assert [e.endpoint.port for e in sink.events] == [667]
+    assert any("cannot journal event 1" in message for _, message in sink.messages)
+    scanner.endpoints.append(Endpoint("tcp", "ipv4", "0.0.0.0", 668, inode=3))
+    service._scan_once()
+    assert [e.endpoint.port for e in sink.events] == [667, 668]
+
+
+def test_owner_lookup_failure_is_logged_and_events_still_go_out(tmp_path: Path) -> None:
+    class BrokenResolver:
+        def resolve_new(self, inodes: object) -> dict[int, object]:
+            raise OSError(24, "Too many open files")
+
+        def forget(self, inodes: object) -> None:
+            pass
+
+        def walk_due_in(self, inodes: object) -> None:
+            return None
+
+    sink, scanner = RecordingSink(), ListScanner()
+    service = Service(
+        Config(state_dir=str(tmp_path)),
+        sink=sink,
+        notifier=Notifier(send=lambda _message: None),
+        reload_config=Config,
+        reactor=Reactor(),
+        scanner_factory=lambda _backend: scanner,
+        resolver=BrokenResolver(),  # type: ignore[arg-type]
+    )
+    service._scanner = scanner
+    service._first_batch(scanner.scan(), None)
+    scanner.endpoints = [Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=1)]
+    service._scan_once()
+    assert [(e.endpoint.port, e.owner.known) for e in sink.events] == [(80, False)]
+    assert any("owner lookup failed" in message for _, message in sink.messages)
