@@ -22,6 +22,16 @@ FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 EVENT_TYPES: tuple[EventType, ...] = ("opened", "closed")
 
 
+def printable_name(name: str) -> str:
+    """A name the kernel or /etc gave as bytes, made valid UTF-8.
+
+    Python decodes such names with surrogateescape; the journal, JSON on
+    the wire and the state file all need real UTF-8. An interface or user
+    name that is not UTF-8 keeps its odd bytes as backslash escapes.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def endpoint_key(proto: str, address: str, port: int, interface: str = "") -> str:
     """The one canonical name of a listening endpoint.
 

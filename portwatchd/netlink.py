@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from portwatchd.model import Endpoint, Family, Proto
+from portwatchd.model import Endpoint, Family, Proto, printable_name
 from portwatchd.scanner import UNAVAILABLE_ERRNOS, ParseError, ScanError, SourceUnavailable
 
 SOURCE: Final = "netlink"
@@ -96,7 +96,7 @@ def interface_name(index: int) -> str:
     if index == 0:
         return ""
     try:
-        return socket.if_indextoname(index)
+        return printable_name(socket.if_indextoname(index))
     except OSError:
         return str(index)
 

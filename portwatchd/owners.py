@@ -48,7 +48,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from portwatchd.model import UNKNOWN_OWNER, Owner
+from portwatchd.model import UNKNOWN_OWNER, Owner, printable_name
 
 CMDLINE_MAX_CHARS = 200
 # Enough bytes for CMDLINE_MAX_CHARS characters of UTF-8 (4 bytes at most each).
@@ -240,7 +240,7 @@ def user_name(uid: int) -> str | None:
     over time, and owners are built only for new sockets.
     """
     try:
-        return pwd.getpwuid(uid).pw_name
+        return printable_name(pwd.getpwuid(uid).pw_name)
     except KeyError:
         return None
 

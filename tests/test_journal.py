@@ -122,3 +122,14 @@ def test_stderr_text_line_is_one_line_per_event() -> None:
     assert len(lines) == 1
     assert "Port opened: tcp 0.0.0.0:80 by nginx[1234]" in lines[0]
     assert "seq=7" in lines[0]
+
+
+def test_names_that_are_not_utf8_become_escapes_the_journal_can_take() -> None:
+    from portwatchd.model import printable_name
+
+    odd = b"\xe9o".decode("utf-8", "surrogateescape")  # as Python reads such a name
+    assert printable_name(odd) == "\\xe9o"
+    assert printable_name("eth0") == "eth0"
+    ep = Endpoint("tcp", "ipv4", "127.0.0.1", 80, interface=printable_name(odd), inode=1)
+    for value in event_fields(make_event(ep)).values():
+        value.encode("utf-8")
