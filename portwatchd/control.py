@@ -673,7 +673,11 @@ class ControlServer:
             return
         connection = _Connection(self, sock, _peer_uid(sock))
         self._connections.add(connection)
-        connection.start()
+        try:
+            connection.start()
+        except Exception as exc:
+            self._log(f"cannot set up a client connection: {type(exc).__name__}: {exc}")
+            connection.close()
 
     def _forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
@@ -770,12 +774,21 @@ class ControlServer:
             return {"from": after_seq + 1, "to": oldest - 1}
         return None
 
+    def _reset_line(self, after_seq: int | None) -> bytes:
+        reset = {"after_seq": after_seq, "last_seq": self.backend.last_seq()}
+        return protocol.encode({"v": protocol.PROTOCOL_VERSION, "reset": reset})
+
     def _answer_events(self, query: EventQuery | None, _uid: int | None) -> bytes:
         assert query is not None
+        reset = self._restarted_history(query.after_seq)
+        if reset:
+            query = EventQuery(**{**query.as_args(), "after_seq": 0})
         events = self.backend.query_events(query)
         response = protocol.ok(
             oldest_seq=self.backend.oldest_seq(), last_seq=self.backend.last_seq()
         )
+        if reset:
+            response["reset"] = True
         gap = self._gap(query.after_seq)
         if gap is not None:
             response["gap"] = gap
@@ -805,9 +818,23 @@ class ControlServer:
         self.backend.request_rescan()
         return protocol.encode(protocol.ok())
 
+    def _restarted_history(self, after_seq: int | None) -> bool:
+        """A seq past the newest one belongs to a history this daemon does
+        not have (its state file was lost): start the client over at 0."""
+        return after_seq is not None and after_seq > self.backend.last_seq()
+
     def _follow_head(self, query: EventQuery) -> tuple[bytes, int]:
         """A follow stream's first lines (ok header, gap notice, backlog) and
         the seq they end at."""
+        head = []
+        if self._restarted_history(query.after_seq):
+            head.append(self._reset_line(query.after_seq))
+            query = EventQuery(**{**query.as_args(), "after_seq": 0})
+        if query.after_seq is not None and query.limit is not None:
+            # The oldest `limit` after after_seq, then live from the newest
+            # seq, would drop what lies between: with after_seq, the whole
+            # rest is the backlog (the follow queue bounds it).
+            query = EventQuery(**{**query.as_args(), "limit": None})
         wants_backlog = (
             query.after_seq is not None or query.since is not None or query.limit is not None
         )
@@ -818,7 +845,7 @@ class ControlServer:
             start = backlog[0].seq - 1
         else:
             start = self.backend.last_seq()
-        head = [protocol.encode(protocol.ok(follow={"after_seq": start}))]
+        head.insert(0, protocol.encode(protocol.ok(follow={"after_seq": start})))
         gap = self._gap(query.after_seq)
         if gap is not None:
             head.append(protocol.encode({"v": protocol.PROTOCOL_VERSION, "gap": gap}))

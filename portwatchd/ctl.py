@@ -518,6 +518,13 @@ def _follow_session(
                 state.last_seq = max(state.last_seq or 0, int(event.get("seq", 0)))
             elif "gap" in message:
                 printer.gap(message["gap"])
+            elif "reset" in message:
+                printer.err.write(
+                    "portwatchctl: portwatchd's event numbers started over (its state was "
+                    "lost); showing its whole history\n"
+                )
+                printer.err.flush()
+                state.last_seq = 0
             elif message.get("ok") is False:
                 error = message.get("error") or {}
                 if error.get("code") == protocol.FOLLOW_OVERRUN:

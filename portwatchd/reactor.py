@@ -33,7 +33,14 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
+        # The heap keeps the timer until it is due; dropping the callback
+        # lets what it refers to (a closed connection) go now.
         self.cancelled = True
+        self.callback = _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 class Reactor:
@@ -47,6 +54,7 @@ class Reactor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, (self._drain_wake, None))
         self._previous_wakeup_fd: int | None = None
+        self._closed = False
 
     # -- file descriptors ------------------------------------------------------
 
@@ -110,6 +118,8 @@ class Reactor:
         """Make the current or next `run_once` return at once. Safe from
         other threads; a signal handler gets the same through
         `wake_on_signals`, which lets the interpreter write the byte."""
+        if self._closed:
+            return  # a late signal or worker after close: the fd may be reused
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
 
@@ -159,6 +169,7 @@ class Reactor:
         return callbacks
 
     def close(self) -> None:
+        self._closed = True
         if self._previous_wakeup_fd is not None:
             signal.set_wakeup_fd(self._previous_wakeup_fd)
             self._previous_wakeup_fd = None

@@ -552,6 +552,40 @@ def test_follow_backlog_then_live_without_gap_or_duplicate(
         client.close()
 
 
+def test_follow_with_after_seq_and_limit_skips_nothing(serve: Any, backend: MemoryBackend) -> None:
+    backend.add(10)
+    server = serve()
+    client = Client(server.path)
+    try:
+        client.ask(req="follow", after_seq=0, limit=3)
+        server.add_and_publish(1)
+        assert [client.read()["event"]["seq"] for _ in range(11)] == list(range(1, 12))
+    finally:
+        client.close()
+
+
+def test_a_seq_from_a_lost_history_starts_the_client_over(
+    serve: Any, backend: MemoryBackend
+) -> None:
+    # The daemon lost its state file and counts from 1 again; a client
+    # resuming after seq 500 must get the new events, told why.
+    backend.add(3)
+    server = serve()
+    client = Client(server.path)
+    try:
+        header = client.ask(req="follow", after_seq=500)
+        assert header["follow"] == {"after_seq": 0}
+        assert client.read() == {"v": 1, "reset": {"after_seq": 500, "last_seq": 3}}
+        assert [client.read()["event"]["seq"] for _ in range(3)] == [1, 2, 3]
+        other = Client(server.path)
+        answer = other.ask(req="events", after_seq=500)
+        other.close()
+        assert answer["reset"] is True
+        assert [event["seq"] for event in answer["events"]] == [1, 2, 3]
+    finally:
+        client.close()
+
+
 def test_follow_event_arriving_during_subscription_comes_once(
     serve: Any, backend: MemoryBackend
 ) -> None:
