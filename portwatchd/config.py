@@ -767,5 +767,9 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise _syntax_error(source, text, error) from None
+        except RecursionError:
+            # tomllib recurses once per nesting level: "a = [[[[...]]]]"
+            # deep enough exhausts the stack instead of raising its error.
+            raise ConfigError("arrays or tables nested too deeply", source=source) from None
         config = replace(_Builder(source, _KeyLines(text)).build(document), source=source)
     return _apply_overrides(config, overrides or {})

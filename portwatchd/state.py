@@ -187,6 +187,7 @@ def decode_state(data: bytes) -> State:
         raise StateError(f"malformed entry: {error!r}") from None
     seqs = [event.seq for event in ring]
     _require(all(a < b for a, b in itertools.pairwise(seqs)), "ring seqs not rising")
+    _require(not seqs or seqs[0] >= 1, "ring holds a seq below 1")
     _require(not seqs or seqs[-1] <= last_seq, "ring holds a seq beyond last_seq")
     assert isinstance(saved_at, str)
     return State(

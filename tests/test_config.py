@@ -631,3 +631,11 @@ def test_the_man_page_example_is_a_valid_configuration(tmp_path: Path) -> None:
     assert config.is_ignored(endpoint(5353, proto="udp"))
     assert config.is_ignored(endpoint(8080, address="::1", family="ipv6"))
     assert not config.is_ignored(endpoint(8080))
+
+
+def test_absurdly_deep_nesting_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text("interval = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(path) in str(caught.value)

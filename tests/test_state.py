@@ -238,3 +238,11 @@ def test_load_removes_temporary_files_left_by_a_crash(tmp_path: Path) -> None:
     (tmp_path / "unrelated.tmp").write_bytes(b"not ours")
     assert load_state(str(tmp_path)) == (sample_state(), None)
     assert sorted(os.listdir(tmp_path)) == [STATE_FILE, "unrelated.tmp"]
+
+
+def test_a_ring_seq_below_one_is_corrupt_not_a_crash_later() -> None:
+    document = json.loads(encode_state(sample_state()))
+    assert document["ring"], "the sample needs a ring"
+    document["ring"][0]["seq"] = 0  # one flipped bit: the ring would refuse it at start
+    with pytest.raises(StateError, match="below 1"):
+        decode_state(json.dumps(document).encode())
