@@ -116,7 +116,9 @@ class Service:
         self._owners: dict[str, Owner] = {}
         self._seq = 0
         self._journaled_seq = 0
-        self._recent: deque[float] = deque()  # monotonic times of events, last hour
+        # Events per minute over the last hour, as [minute, count]: bounded
+        # at 61 entries however many ports churn.
+        self._recent: deque[list[int]] = deque()
         self._events_total = 0
 
         self._scanner: Scanner | None = None
@@ -473,8 +475,11 @@ class Service:
         self._ring.extend(events)
         self._persist()  # write-ahead: the events exist before anyone hears of them
         self._journal_pending(events)
-        now = self._monotonic()
-        self._recent.extend(now for _ in events)
+        minute = int(self._monotonic() // 60)
+        if self._recent and self._recent[-1][0] == minute:
+            self._recent[-1][1] += len(events)
+        else:
+            self._recent.append([minute, len(events)])
         self._events_total += len(events)
         if self._control is not None:
             self._control.publish(events)
@@ -600,8 +605,8 @@ class Service:
             self._next_scan = self._next_scan - old.interval + new.interval
         if new.ring_size != old.ring_size:
             self._ring.resize(new.ring_size)
-        if new.backend != old.backend:
-            self._replace_scanner(new.backend)
+        if new.backend != old.backend and not self._replace_scanner(new.backend):
+            self.config = replace(self.config, backend=old.backend)
         if new.socket != old.socket and self._inherited_socket is not None:
             self.config = replace(new, socket=old.socket)
             self._log(
@@ -648,15 +653,16 @@ class Service:
             return f"cannot listen on {new.socket.path}: {err}; keeping {old.socket.path}"
         return None
 
-    def _replace_scanner(self, backend: str) -> None:
+    def _replace_scanner(self, backend: str) -> bool:
         try:
             scanner = self._scanner_factory(backend)
         except (ScanError, OSError) as err:
             self._log(PRIORITY_ERR, f"cannot switch to backend {backend}: {err}")
-            return
+            return False
         if self._scanner is not None:
             self._scanner.close()
         self._scanner = scanner
+        return True
 
     def _shutdown(self) -> None:
         """The written order: tell systemd, stop accepting clients, persist
@@ -737,10 +743,11 @@ class Service:
         return line
 
     def _events_last_hour(self) -> int:
-        horizon = self._monotonic() - HOUR_S
-        while self._recent and self._recent[0] < horizon:
+        """Events in the last hour, to the minute."""
+        horizon = int((self._monotonic() - HOUR_S) // 60)
+        while self._recent and self._recent[0][0] <= horizon:
             self._recent.popleft()
-        return len(self._recent)
+        return sum(count for _, count in self._recent)
 
     def _log(self, priority: int, message: str, **fields: str) -> None:
         try:

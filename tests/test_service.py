@@ -226,3 +226,32 @@ def test_owner_lookup_failure_is_logged_and_events_still_go_out(tmp_path: Path) 
     service._scan_once()
     assert [(e.endpoint.port, e.owner.known) for e in sink.events] == [(80, False)]
     assert any("owner lookup failed" in message for _, message in sink.messages)
+
+
+def test_events_last_hour_counts_by_the_minute_and_forgets_after_an_hour(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    sink, scanner = RecordingSink(), ListScanner()
+    service = Service(
+        Config(state_dir=str(tmp_path), owners=False),
+        sink=sink,
+        notifier=Notifier(send=lambda _message: None),
+        reload_config=Config,
+        reactor=Reactor(),
+        scanner_factory=lambda _backend: scanner,
+        monotonic=clock,
+    )
+    service._scanner = scanner
+    service._first_batch(scanner.scan(), None)
+    for port in range(1, 4):
+        scanner.endpoints = [Endpoint("tcp", "ipv4", "0.0.0.0", port, inode=port)]
+        service._scan_once()  # each: one closed (but the first) and one opened
+    assert service.status()["events_last_hour"] == 5
+    clock.now += 30 * 60
+    scanner.endpoints = []
+    service._scan_once()
+    assert service.status()["events_last_hour"] == 6
+    clock.now += 31 * 60
+    assert service.status()["events_last_hour"] == 1
+    assert "1 event in the last hour" in service.status_line()
