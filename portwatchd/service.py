@@ -8,7 +8,9 @@ Delivery order for a batch of events, chosen so that a crash at any point
 loses nothing: the state file is written first with the new events marked
 "not yet journaled", then the events go to the journal, then the state is
 written again marking them journaled. A restart re-sends whatever is still
-marked pending (same PORT_EVENT_ID, so consumers can drop the duplicate).
+marked pending (same PORT_EVENT_ID, so consumers can drop the duplicate),
+and a journal that refuses events leaves them pending too: each scan
+retries them, oldest first.
 """
 
 from __future__ import annotations
