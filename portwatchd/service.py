@@ -16,6 +16,7 @@ retries them, oldest first.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -427,10 +428,21 @@ class Service:
 
     def _pause(self, seconds: float) -> None:
         """Wait, serving clients and pinging the watchdog meanwhile."""
-        deadline = self._monotonic() + seconds
-        while (left := deadline - self._monotonic()) > 0:
-            self._reactor.run_once(self._ping_step(left))
-            self._ping_if_due()
+        self._serve_until(lambda: False, deadline=self._monotonic() + seconds)
+
+    def _serve_until(
+        self,
+        done: Callable[[], bool],
+        *,
+        deadline: float = math.inf,
+        ping_until: float = math.inf,
+    ) -> None:
+        """Serve clients until `done()` or `deadline`, pinging the watchdog
+        on time until `ping_until`."""
+        while not done() and (left := deadline - self._monotonic()) > 0:
+            self._reactor.run_once(self._ping_step(min(left, 1.0)))
+            if self._monotonic() < ping_until:
+                self._ping_if_due()
 
     def _ping_step(self, limit: float) -> float:
         if self._watchdog_every is None:
@@ -459,11 +471,7 @@ class Service:
         # A walk is cut by its budget; one that runs far past it is stuck
         # (reading /proc/PID/cmdline of a process stuck on a dead mount
         # blocks): stop pinging, and let systemd's watchdog restart us.
-        stuck_at = self._monotonic() + WALK_STUCK_S
-        while not done.is_set():
-            self._reactor.run_once(self._ping_step(1.0))
-            if self._monotonic() < stuck_at:
-                self._ping_if_due()
+        self._serve_until(done.is_set, ping_until=self._monotonic() + WALK_STUCK_S)
         if failure:
             raise failure[0]
         return result
