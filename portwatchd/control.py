@@ -736,16 +736,6 @@ class ControlServer:
 
     # --- request handling ---------------------------------------------------
 
-    def answer(self, line: bytes, peer_uid: int | None) -> bytes:
-        """One request line -> one response line (for every request but follow)."""
-        parsed = self._parse(line)
-        if isinstance(parsed, bytes):
-            return parsed
-        name, query = parsed
-        if name == "follow":
-            return _error_line(protocol.BAD_REQUEST, "'follow' needs a stream connection")
-        return self._dispatch(name, query, peer_uid)
-
     @staticmethod
     def _parse(line: bytes) -> tuple[str, EventQuery | None] | bytes:
         """The request in a line, or the encoded error response to send instead."""
