@@ -7,6 +7,7 @@ Pure data: nothing here touches the operating system, so the client
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 Proto = Literal["tcp", "udp"]
@@ -20,6 +21,18 @@ Detection = Literal["scan", "startup"]
 PROTOS: tuple[Proto, ...] = ("tcp", "udp")
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 EVENT_TYPES: tuple[EventType, ...] = ("opened", "closed")
+
+
+def rfc3339(moment: datetime) -> str:
+    """The one time format of events and logs: UTC, RFC 3339 with microseconds.
+
+    >>> rfc3339(datetime(2026, 11, 25, 14, 20, 31, 123456, tzinfo=UTC))
+    '2026-11-25T14:20:31.123456Z'
+
+    Fixed width, so that two of them compare as text in time order (the
+    store's `since` queries rely on it).
+    """
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def printable_name(name: str) -> str:
@@ -207,3 +220,37 @@ class Event:
             detected=data.get("detected", "scan"),
             down_since=data.get("down_since"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event before the log gives it its seq and id."""
+
+    type: EventType
+    endpoint: Endpoint
+    owner: Owner
+    time: str  # rfc3339()
+    detected: Detection = "scan"
+    down_since: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """Seqs handed out whose events the log does not hold: announced, never hidden.
+
+    `reason` is one line a person reads, e.g. "portwatchd stopped before
+    storing them".
+    """
+
+    from_seq: int
+    to_seq: int
+    time: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from_seq": self.from_seq,
+            "to_seq": self.to_seq,
+            "time": self.time,
+            "reason": self.reason,
+        }
