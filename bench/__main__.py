@@ -23,7 +23,7 @@ from bench.load import LoadError
 from bench.netns import NetnsError, enter_private_netns
 from bench.scan import SECTION as SCAN_SECTION
 from bench.section import Check, Section
-from portwatchd.scanner import ScanError
+from portwatchd.sources.base import ScanError
 
 SECTIONS: dict[str, Section] = {
     section.name: section for section in (SCAN_SECTION, DAEMON_SECTION, CONTROL_SECTION)

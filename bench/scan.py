@@ -38,9 +38,9 @@ from bench.section import Check, SectionResult, format_ms, format_ratio, format_
 from bench.ss import ss_scan
 from bench.timing import CLOCKS, Timing, time_call_ms, time_methods, wall_clock_ns
 from portwatchd.model import Endpoint
-from portwatchd.netlink import NetlinkScanner
-from portwatchd.owners import OwnerResolver
-from portwatchd.procnet import ProcScanner
+from portwatchd.sources.netlink import NetlinkScanner
+from portwatchd.sources.owners import OwnerResolver
+from portwatchd.sources.procnet import ProcScanner
 
 DEFAULT_LISTENERS = (10, 1000, 10_000)
 DEFAULT_CONNECTIONS = (0, 10_000, 50_000)

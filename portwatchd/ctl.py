@@ -596,7 +596,8 @@ def cmd_rescan(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     """One scan in this process, no daemon needed."""
     # Lazy: the scanners and /proc walking are heavy, and only `scan` needs them.
-    from portwatchd.scanner import ScanError, open_scanner
+    from portwatchd.sources.base import ScanError
+    from portwatchd.sources.choose import open_scanner
 
     def log(message: str) -> None:
         sys.stderr.write(f"portwatchctl: {message}\n")
@@ -615,7 +616,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         scanner.close()
     owners: dict[int, Any] = {}
     if not args.no_owners:
-        from portwatchd.owners import OwnerResolver
+        from portwatchd.sources.owners import OwnerResolver
 
         # One complete answer, not the daemon's time-sliced walk: no budget.
         resolver = OwnerResolver(walk_budget_s=float("inf"))

@@ -87,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Imported here so that --version and --check-config stay quick.
     from portwatchd.control import inherited_listen_socket
-    from portwatchd.journal import open_sink
     from portwatchd.notify import Notifier
+    from portwatchd.outputs.journal import open_sink
     from portwatchd.reactor import Reactor
     from portwatchd.service import Service
 

@@ -9,6 +9,7 @@ a wake-up that signal handlers and worker threads can use safely.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -55,6 +56,8 @@ class Reactor:
         self._selector.register(self._wake_r, selectors.EVENT_READ, (self._drain_wake, None))
         self._previous_wakeup_fd: int | None = None
         self._closed = False
+        # Callbacks handed over by worker threads, run on the loop thread.
+        self._handed_over: collections.deque[Callback] = collections.deque()
 
     # -- file descriptors ------------------------------------------------------
 
@@ -123,6 +126,13 @@ class Reactor:
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
 
+    def call_soon_threadsafe(self, callback: Callback) -> None:
+        """Run `callback` on the loop thread at its next turn. The one way a
+        worker thread hands a result back: deque.append is atomic, and the
+        wake-up makes a waiting `run_once` return."""
+        self._handed_over.append(callback)
+        self.wake()
+
     def wake_on_signals(self) -> None:
         """Python runs signal handlers between bytecodes of the main
         thread; select() would not return for them on its own. With the
@@ -139,6 +149,8 @@ class Reactor:
     def run_once(self, timeout: float | None) -> None:
         """Wait up to `timeout` seconds (None: until something happens) for
         I/O, a due timer or a wake-up, then run what is ready."""
+        if self._handed_over:
+            timeout = 0.0
         if self._timers:
             until_timer = max(0.0, self._timers[0][0] - self._clock())
             timeout = until_timer if timeout is None else min(timeout, until_timer)
@@ -154,6 +166,8 @@ class Reactor:
                 write_cb = self._current(key)[1]
                 if write_cb is not None:
                     write_cb()
+        while self._handed_over:
+            self._handed_over.popleft()()
         now = self._clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)

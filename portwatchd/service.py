@@ -32,20 +32,21 @@ from portwatchd import __version__
 from portwatchd.config import Config, ConfigError
 from portwatchd.control import ControlServer
 from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
-from portwatchd.journal import (
+from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, Event, Owner
+from portwatchd.notify import Notifier, watchdog_interval
+from portwatchd.outputs.journal import (
     MESSAGE_ID_RELOAD_REFUSED,
     PRIORITY_ERR,
     PRIORITY_INFO,
     PRIORITY_WARNING,
     Sink,
 )
-from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, Event, Owner
-from portwatchd.notify import Notifier, watchdog_interval
-from portwatchd.owners import OwnerResolver
 from portwatchd.protocol import EventQuery
 from portwatchd.reactor import Reactor
 from portwatchd.ring import EventRing
-from portwatchd.scanner import ScanError, Scanner, open_scanner
+from portwatchd.sources.base import ScanError, Scanner
+from portwatchd.sources.choose import open_scanner
+from portwatchd.sources.owners import OwnerResolver
 from portwatchd.state import STATE_FILE, State, StateError, load_state, save_state
 
 # The state file's mtime is touched this often, so that after a crash the

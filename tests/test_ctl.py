@@ -430,7 +430,7 @@ def test_follow_overrun_reconnects_and_resumes(serve: Any, backend: MemoryBacken
 
 
 def test_scan_json_shows_our_listener_with_pid(netns: None) -> None:
-    pytest.importorskip("portwatchd.owners")
+    pytest.importorskip("portwatchd.sources.owners")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import json
 
-from portwatchd.journal import (
+from portwatchd.model import UNKNOWN_OWNER, Endpoint, Event, Owner
+from portwatchd.outputs.journal import (
     MESSAGE_ID_CLOSED,
     MESSAGE_ID_OPENED,
     StderrSink,
     event_fields,
 )
-from portwatchd.model import UNKNOWN_OWNER, Endpoint, Event, Owner
 
 NGINX = Owner(
     pid=1234,

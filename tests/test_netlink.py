@@ -18,8 +18,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from portwatchd.model import Endpoint
-from portwatchd.netlink import parse_dump
-from portwatchd.scanner import ParseError, ScanError, SourceUnavailable
+from portwatchd.sources.base import ParseError, ScanError, SourceUnavailable
+from portwatchd.sources.netlink import parse_dump
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portwatchd.model import UNKNOWN_OWNER
-from portwatchd.owners import (
+from portwatchd.sources.owners import (
     CMDLINE_MAX_CHARS,
     OwnerResolver,
     ProcessInfo,

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portwatchd.model import Endpoint
-from portwatchd.procnet import ProcScanner, decode_address, parse_proc_net
-from portwatchd.scanner import ParseError, ScanError, SourceUnavailable
+from portwatchd.sources.base import ParseError, ScanError, SourceUnavailable
+from portwatchd.sources.procnet import ProcScanner, decode_address, parse_proc_net
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 import pytest
 
 from portwatchd.model import Endpoint
-from portwatchd.netlink import NetlinkScanner
-from portwatchd.procnet import ProcScanner
-from portwatchd.scanner import ScanError, SourceUnavailable, open_scanner
+from portwatchd.sources.base import ScanError, SourceUnavailable
+from portwatchd.sources.choose import open_scanner
+from portwatchd.sources.netlink import NetlinkScanner
+from portwatchd.sources.procnet import ProcScanner
 
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -435,7 +436,7 @@ def test_other_netlink_failures_are_not_papered_over(netns: None) -> None:
 SANDBOXED_CHILD = textwrap.dedent(
     """
     import ctypes, json, socket, sys
-    from portwatchd.scanner import open_scanner
+    from portwatchd.sources.choose import open_scanner
 
     class SockFilter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),

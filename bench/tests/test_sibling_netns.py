@@ -7,7 +7,7 @@ import socket
 import subprocess
 
 from bench.netns import sibling_netns
-from portwatchd.netlink import NetlinkScanner
+from portwatchd.sources.netlink import NetlinkScanner
 
 
 def _netns_id() -> int:

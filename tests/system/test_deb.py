@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from portwatchd.journal import MESSAGE_ID_OPENED
+from portwatchd.outputs.journal import MESSAGE_ID_OPENED
 from tests.system.sandbox import Sandbox, sandbox_unavailable_reason
 
 pytestmark = pytest.mark.system

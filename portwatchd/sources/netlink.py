@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from portwatchd.model import Endpoint, Family, Proto, printable_name
-from portwatchd.scanner import UNAVAILABLE_ERRNOS, ParseError, ScanError, SourceUnavailable
+from portwatchd.sources.base import UNAVAILABLE_ERRNOS, ParseError, ScanError, SourceUnavailable
 
 SOURCE: Final = "netlink"
 

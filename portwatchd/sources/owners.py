@@ -417,10 +417,16 @@ class OwnerResolver:
     def _known(self, wanted: Iterable[int]) -> dict[int, Owner]:
         """Cached owners, plus owners built now from sockets seen in fd tables."""
         result: dict[int, Owner] = {}
+        # A burst of sockets usually has few holders (one server opening
+        # 50,000 listeners): each holder set is read from /proc once per call.
+        built: dict[tuple[int, ...], Owner] = {}
         for inode in wanted:
             owner = self._cache.get(inode)
             if owner is None and inode in self._holders:
-                owner = self._build_owner(self._holders[inode])
+                holders = self._holders[inode]
+                owner = built.get(holders)
+                if owner is None:
+                    owner = built[holders] = self._build_owner(holders)
                 if owner.known:
                     self._cache[inode] = owner
                     self._misses.pop(inode, None)
@@ -551,12 +557,15 @@ class OwnerResolver:
     def _refresh_cached_owners(self) -> None:
         """A complete walk saw every holder: fix cached owners whose holders
         changed (a worker found first and its master only now, a master gone)."""
+        built: dict[tuple[int, ...], Owner] = {}
         for inode, owner in list(self._cache.items()):
             holders = self._holders.get(inode)
             if holders is None:
                 continue
             if tuple(sorted(key & _PID_MASK for key in holders)) != owner.pids:
-                rebuilt = self._build_owner(holders)
+                rebuilt = built.get(holders)
+                if rebuilt is None:
+                    rebuilt = built[holders] = self._build_owner(holders)
                 if rebuilt.known:
                     self._cache[inode] = rebuilt
 

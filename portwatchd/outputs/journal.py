@@ -12,13 +12,14 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
 
-from portwatchd.model import Event
+from portwatchd.model import Event, Loss
 
 # Fixed forever: journalctl MESSAGE_ID= filters and the message catalog
 # (packaging/portwatchd.catalog) key on them.
 MESSAGE_ID_OPENED = "bc5aa3412226442ea87addfff74cb425"
 MESSAGE_ID_CLOSED = "6a63009634414d579ea098597164285c"
 MESSAGE_ID_RELOAD_REFUSED = "e8fa0f95b4d54ab0a5fd1fcda24f1e0f"
+MESSAGE_ID_LOSS = "35875db9cb63408f874ac504e126d16d"
 
 SYSLOG_IDENTIFIER = "portwatchd"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -91,6 +92,31 @@ def event_fields(event: Event) -> dict[str, str]:
     return fields
 
 
+def loss_message(loss: Loss) -> str:
+    """ "Events lost: seq 21-320: portwatchd stopped before storing them"."""
+    seqs = (
+        f"seq {loss.from_seq}"
+        if loss.from_seq == loss.to_seq
+        else f"seq {loss.from_seq}-{loss.to_seq}"
+    )
+    return f"Events lost: {seqs}: {loss.reason}"
+
+
+def loss_fields(loss: Loss) -> dict[str, str]:
+    """Journal fields for a loss: the seqs a consumer will never see."""
+    return {
+        "MESSAGE": loss_message(loss),
+        "MESSAGE_ID": MESSAGE_ID_LOSS,
+        "PRIORITY": str(PRIORITY_WARNING),
+        "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+        "PORT_EVENT": "loss",
+        "PORT_LOSS_FROM_SEQ": str(loss.from_seq),
+        "PORT_LOSS_TO_SEQ": str(loss.to_seq),
+        "PORT_LOSS_REASON": loss.reason,
+        "PORT_EVENT_TIME": loss.time,
+    }
+
+
 def event_line(event: Event) -> str:
     """One stderr line for an event, for hosts without journald."""
     return f"{event.time} {event_message(event)} [seq={event.seq} id={event.id}]"
@@ -100,6 +126,8 @@ class Sink(Protocol):
     """Where the daemon's events and log messages go."""
 
     def event(self, event: Event) -> None: ...
+
+    def loss(self, loss: Loss) -> None: ...
 
     def log(self, priority: int, message: str, **fields: str) -> None: ...
 
@@ -119,6 +147,9 @@ class JournalSink:
 
     def event(self, event: Event) -> None:
         self._send(**event_fields(event))
+
+    def loss(self, loss: Loss) -> None:
+        self._send(**loss_fields(loss))
 
     def log(self, priority: int, message: str, **fields: str) -> None:
         self._send(
@@ -148,6 +179,12 @@ class StderrSink:
             self._write(json.dumps({"event": event.to_dict()}, separators=(",", ":")))
         else:
             self._write(event_line(event))
+
+    def loss(self, loss: Loss) -> None:
+        if self._json:
+            self._write(json.dumps({"loss": loss.to_dict()}, separators=(",", ":")))
+        else:
+            self._write(f"{loss.time} {loss_message(loss)}")
 
     def log(self, priority: int, message: str, **fields: str) -> None:
         if self._json:

@@ -13,7 +13,7 @@ import sys
 from typing import Final, Literal
 
 from portwatchd.model import Endpoint, Family, Proto
-from portwatchd.scanner import ParseError, ScanError, SourceUnavailable
+from portwatchd.sources.base import ParseError, ScanError, SourceUnavailable
 
 ByteOrder = Literal["little", "big"]
 

@@ -1,0 +1,1 @@
+"""Where listening sockets and their owners come from."""
