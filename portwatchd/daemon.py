@@ -1,5 +1,6 @@
-"""`portwatchd`: parse the command line, load the configuration, wire the
-adapters to the loop, and own the exit codes. The only module that exits."""
+"""`portwatchd`: parse the command line, load the configuration, build every
+part and wire them together, own the exit codes. The only module that
+chooses implementations, and the only one that exits."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=positive_seconds, metavar="SECONDS", help="seconds between scans"
     )
     parser.add_argument("--socket", metavar="PATH", help="control socket path")
-    parser.add_argument("--state-dir", metavar="PATH", help="where state persists")
+    parser.add_argument("--state-dir", metavar="PATH", help="where the event store lives")
     parser.add_argument(
         "--log-target",
         choices=("auto", "journal", "stderr"),
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check-config",
         action="store_true",
-        help="validate the configuration, print the result and exit",
+        help="validate the configuration, print every problem found and exit",
     )
     parser.add_argument("--version", action="version", version=f"portwatchd {__version__}")
     return parser
@@ -76,60 +77,153 @@ def main(argv: Sequence[str] | None = None) -> int:
     def read_config() -> Config:
         return load_config(args.config, overrides)
 
+    if args.check_config:
+        return check_config(args.config, overrides)
+    # Imported here so that --version and --check-config stay quick.
+    from portwatchd.control.transport import ControlError, inherited_listen_socket
+
+    try:
+        inherited = inherited_listen_socket()
+    except ControlError as err:
+        # A socket passed by systemd that is not a listening Unix stream socket.
+        print(f"portwatchd: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         config = read_config()
     except ConfigError as err:
         print(f"portwatchd: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.check_config:
-        print(f"portwatchd: configuration OK ({config.source or 'built-in defaults'})")
-        return EXIT_OK
+        if inherited is None:
+            return EXIT_CONFIG
+        # Socket-activated: exiting would make every portwatchctl call start
+        # us again until systemd fails the socket unit. Stay up and say why.
+        return run_with_config_error(err, inherited)
+    return run_daemon(config, read_config, inherited)
 
-    # Imported here so that --version and --check-config stay quick.
-    from portwatchd.control import inherited_listen_socket
+
+def check_config(path: str | None, overrides: dict[str, Any]) -> int:
+    """`--check-config`: every problem of every file, and what start-up would check."""
+    from portwatchd.config import check_config as find_errors
+    from portwatchd.config import environment_errors
+
+    errors = find_errors(path, overrides)
+    if not errors:
+        errors = environment_errors(load_config(path, overrides))
+    for error in errors:
+        print(f"portwatchd: {error}", file=sys.stderr)
+    if errors:
+        return EXIT_CONFIG
+    config = load_config(path, overrides)
+    for warning in config.warnings:
+        print(f"portwatchd: warning: {warning}", file=sys.stderr)
+    print(f"portwatchd: configuration OK ({', '.join(config.sources) or 'built-in defaults'})")
+    return EXIT_OK
+
+
+def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any) -> int:
+    """Build every part, wire them, run the loop until asked to stop."""
+    from portwatchd.engine import Engine
+    from portwatchd.log import EventLog
+    from portwatchd.lookup import ThreadedLookup
     from portwatchd.notify import Notifier
-    from portwatchd.outputs.journal import open_sink
+    from portwatchd.outputs.journal import JournalSink, journal_last_seq, open_sink
+    from portwatchd.outputs.journal_writer import JournalWriter
     from portwatchd.reactor import Reactor
-    from portwatchd.service import Service
+    from portwatchd.reload import Reloader
+    from portwatchd.runner import Runner
+    from portwatchd.sources.base import ScanError
+    from portwatchd.sources.choose import open_scanner
+    from portwatchd.sources.owners import OwnerResolver
+    from portwatchd.store import Store
 
     try:
         sink = open_sink(config.log_target, json_lines=config.log_format == "json")
-        inherited = inherited_listen_socket()
-    except (ImportError, OSError) as err:
-        # systemd-python missing for log_target = "journal", or a socket
-        # passed by systemd that is not a listening Unix stream socket.
+    except (ImportError, OSError) as err:  # systemd-python missing for log_target = "journal"
         print(f"portwatchd: {err}", file=sys.stderr)
         return EXIT_FAILURE
     reactor = Reactor()
-    service = Service(
-        config,
-        sink=sink,
-        notifier=Notifier(),
-        reload_config=read_config,
-        reactor=reactor,
-        inherited_socket=inherited,
+    journal_seq = journal_last_seq if isinstance(sink, JournalSink) else (lambda: None)
+    log = EventLog(
+        Store.open(config.state_dir),
+        history_size=config.history_size,
+        history_max_age_s=config.history_max_age_s,
+        journal_last_seq=journal_seq,
     )
-    # The handlers only record the request (Service.request_*); the wakeup
-    # fd makes the loop notice at once.
-    handlers = {
-        signal.SIGHUP: service.request_reload,
-        signal.SIGTERM: service.request_stop,
-        signal.SIGINT: service.request_stop,
-    }
-    for signum, request in handlers.items():
-        signal.signal(signum, _recorder(request))
+    writer = JournalWriter(sink, log, reactor)
+    for warning in (*config.warnings, *log.warnings):
+        writer.say(4, warning)
+
+    def say(priority: int, message: str) -> None:
+        writer.say(priority, message)
+
+    def scanner_for(backend: str) -> Any:
+        return open_scanner(backend, log=lambda message: say(4, message))
+
+    try:
+        scanner = scanner_for(config.backend)
+    except (ScanError, OSError) as err:
+        say(3, f"cannot scan listening sockets: {err}")
+        writer.close(2.0)
+        log.close()
+        return EXIT_FAILURE
+    engine = Engine(
+        scanner=scanner,
+        log=log,
+        lookup=ThreadedLookup(OwnerResolver(), reactor),
+        ignored=config.is_ignored,
+        say=say,
+        owners_enabled=config.owners,
+        defer=lambda work: reactor.call_later(0, work),
+    )
+    reloader = Reloader(
+        read_config=read_config,
+        open_scanner=scanner_for,
+        open_control=lambda new: build_control(new, None, runner, log, reactor, say),
+        control_inherited=inherited is not None,
+        state_dir=config.state_dir,
+    )
+    runner = Runner(
+        config,
+        engine=engine,
+        log=log,
+        writer=writer,
+        reloader=reloader,
+        notifier=Notifier(),
+        reactor=reactor,
+    )
+    install_signals(runner.request_stop, runner.request_reload)
     reactor.wake_on_signals()
     try:
-        return service.run()
+        control = build_control(config, inherited, runner, log, reactor, say)
+        try:
+            return runner.run(control)
+        except OSError as err:
+            say(3, f"cannot listen on {config.socket.path}: {err}")
+            writer.close(2.0)
+            engine.close()
+            log.close()
+            return EXIT_FAILURE
     finally:
         reactor.close()
 
 
-def _recorder(request: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        request()
+def install_signals(stop: Callable[[], None], reload: Callable[[], None]) -> None:
+    """The handlers only record the request; the reactor's wake-up fd makes
+    the loop notice at once. A second SIGINT or SIGTERM while stopping
+    forces the exit (as uvicorn does), for a stop stuck on a dead journal."""
+    stopping = []
 
-    return handler
+    def on_stop(_signum: int, _frame: FrameType | None) -> None:
+        if stopping:
+            raise SystemExit(EXIT_FAILURE)
+        stopping.append(True)
+        stop()
+
+    def on_reload(_signum: int, _frame: FrameType | None) -> None:
+        reload()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
 
 
 if __name__ == "__main__":

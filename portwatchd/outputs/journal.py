@@ -208,3 +208,39 @@ def open_sink(target: str, *, json_lines: bool = False) -> Sink:
     if target == "journal" or (target == "auto" and journal_available()):
         return JournalSink()
     return StderrSink(json_lines=json_lines)
+
+
+def journal_last_seq(max_entries: int = 20_000) -> int | None:
+    """The highest PORT_EVENT_SEQ portwatchd wrote to the journal, None when
+    none is found or the journal cannot be read (no permission: the unit
+    grants the systemd-journal group).
+
+    The event store's seq watermark is the first authority; this one is for
+    a store lost or moved aside as corrupt, so that seqs still continue
+    above every seq ever sent. Reads backwards from the newest entry, at
+    most `max_entries` of ours: a re-send after a crash can write a lower
+    seq after a higher one, so the highest is taken, not the newest.
+    """
+    try:
+        from systemd import journal
+
+        reader = journal.Reader()
+    except (ImportError, OSError):
+        return None
+    highest: int | None = None
+    try:
+        reader.add_match(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
+        reader.seek_tail()
+        for _ in range(max_entries):
+            entry = reader.get_previous()
+            if not entry:
+                break
+            for name in ("PORT_EVENT_SEQ", "PORT_LOSS_TO_SEQ"):
+                value = entry.get(name)
+                if value is not None and str(value).isdigit():
+                    highest = max(highest or 0, int(value))
+    except OSError:
+        pass
+    finally:
+        reader.close()
+    return highest

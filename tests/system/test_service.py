@@ -465,3 +465,39 @@ def test_a_burst_of_thousands_of_ports_is_journaled_completely(box: Sandbox) -> 
         timeout=60,
     )
     assert numbers("opened", listener) == set(range(first, first + count))
+
+
+def test_a_stalled_journald_stops_nothing_and_loses_nothing(box: Sandbox) -> None:
+    """journald stopped for 60 s: the loop keeps pinging and scanning (no
+    watchdog restart), status says why nothing is journaled, and once
+    journald runs again every event is there, under the unit."""
+    ensure_running(box)
+    restarts = int(show(box, UNIT, "NRestarts")["NRestarts"])
+    pid = main_pid(box)
+    journald = main_pid(box, "systemd-journald.service")
+    ports = [f"tcp:0.0.0.0:{port}" for port in range(18300, 18600)]
+    box.run("kill", "-STOP", str(journald))
+    try:
+        with listening(box, *ports):
+            seen = wait_for(
+                lambda: {e["key"] for e in ctl(box, "events", "--type", "opened")} >= set(ports),
+                "portwatchd to record all 300 opens while journald is stopped",
+                timeout=30,
+            )
+            assert seen
+            time.sleep(60)
+            status = ctl(box, "status")
+            assert status["journal_error"], status
+            assert status["journal_pending"] >= 300, status
+            assert main_pid(box) == pid
+            assert int(show(box, UNIT, "NRestarts")["NRestarts"]) == restarts
+    finally:
+        box.run("kill", "-CONT", str(journald))
+    opened = wait_for(
+        lambda: len({e["PORT"] for e in journal(box, "PORT_EVENT=opened")} & set(ports)) == 300,
+        "every open to reach the journal under the unit",
+        timeout=60,
+    )
+    assert opened
+    assert main_pid(box) == pid
+    wait_for(lambda: ctl(box, "status")["journal_error"] is None, "journal_error to clear")

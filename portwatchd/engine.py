@@ -1,0 +1,338 @@
+"""The pipeline's one pass: scan, diff, owners, classify, append to the log.
+
+`step()` is the public tick that the daemon's loop and the tests drive. It
+never waits: the owners of new sockets are looked up by an `OwnerLookup`
+(a worker thread in the daemon), whose result comes back as a continuation,
+`_finish_pass`; until it does, further steps do nothing, so passes are
+appended to the log in scan order. The engine holds the last snapshot and an
+owner per socket; the event log holds everything durable.
+
+Only the loop thread touches an Engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from portwatchd.classify import IsIgnored, classify
+from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
+from portwatchd.log import EventLog
+from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
+from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, EventDraft, Owner, rfc3339
+from portwatchd.sources.base import ScanError, Scanner
+
+# syslog(3) priorities of what the engine says.
+SAY_ERR = 3
+SAY_INFO = 6
+Say = Callable[[int, str], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def counted(count: int, noun: str) -> str:
+    """ "1 port", "12 ports"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One scan's results, waiting for the owners of its new sockets."""
+
+    endpoints: list[Endpoint]
+    snapshot: Snapshot
+    sockets: dict[int, Endpoint]  # inode -> socket, for the whole scan
+    changes: list[Change]
+    detected: Detection
+    started: float
+    baseline: bool  # the first scan of a fresh install: no events, only the snapshot
+    new: set[int] = field(default_factory=set)
+    gone: set[int] = field(default_factory=set)
+
+
+# Events (with their sockets) appended per turn of the loop.
+APPEND_CHUNK = 2000
+_Chunk = tuple[list[EventDraft], list[tuple[Endpoint, Owner]], list[Endpoint]]
+
+
+def _chunks(
+    drafts: list[EventDraft], added: list[tuple[Endpoint, Owner]], removed: list[Endpoint]
+) -> list[_Chunk]:
+    """Split a pass into chunks of at most APPEND_CHUNK events, each with the
+    socket changes of its events' keys; socket changes of no event go last."""
+    added_by_key: dict[str, list[tuple[Endpoint, Owner]]] = {}
+    for row in added:
+        added_by_key.setdefault(row[0].key, []).append(row)
+    removed_by_key: dict[str, list[Endpoint]] = {}
+    for endpoint in removed:
+        removed_by_key.setdefault(endpoint.key, []).append(endpoint)
+    chunks: list[_Chunk] = []
+    for start in range(0, len(drafts), APPEND_CHUNK):
+        part = drafts[start : start + APPEND_CHUNK]
+        keys = {draft.endpoint.key for draft in part}
+        chunks.append(
+            (
+                part,
+                [row for key in keys for row in added_by_key.pop(key, ())],
+                [endpoint for key in keys for endpoint in removed_by_key.pop(key, ())],
+            )
+        )
+    rest_added = [row for rows in added_by_key.values() for row in rows]
+    rest_removed = [endpoint for rows in removed_by_key.values() for endpoint in rows]
+    for start in range(0, max(len(rest_added), len(rest_removed)), APPEND_CHUNK):
+        chunks.append(
+            (
+                [],
+                rest_added[start : start + APPEND_CHUNK],
+                rest_removed[start : start + APPEND_CHUNK],
+            )
+        )
+    return chunks
+
+
+@dataclass(slots=True)
+class EngineStats:
+    scans_total: int = 0
+    scan_errors_total: int = 0
+    confirmations_total: int = 0  # second looks at sockets one scan missed
+    last_scan_time: str | None = None
+    last_scan_duration_ms: float | None = None
+    scan_error: str | None = None
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    detections: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        scanner: Scanner,
+        log: EventLog,
+        lookup: OwnerLookup,
+        ignored: IsIgnored,
+        say: Say,
+        owners_enabled: bool = True,
+        defer: Callable[[Callable[[], None]], None] = lambda work: work(),
+        wall_clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scanner = scanner
+        self.ignored = ignored
+        self.owners_enabled = owners_enabled
+        self.stats = EngineStats()
+        self._log = log
+        self._lookup = lookup
+        self._say = say
+        # Runs work at a later turn of the loop; at once by default (tests).
+        self._defer = defer
+        self._now = wall_clock
+        self._monotonic = monotonic
+        self._snapshot: Snapshot = {}
+        self._sockets: dict[int, Endpoint] = {}
+        self._owners: dict[int, Owner] = {}
+        self._last_endpoints: list[Endpoint] | None = None
+        self._waiting: _Pass | None = None
+        self._waiting_since: float | None = None
+        # The saved snapshot stands until the first scan replaces it.
+        for endpoint, owner in log.sockets():
+            self._sockets[endpoint.inode] = endpoint
+            if owner.known:
+                self._owners[endpoint.inode] = owner
+        self._snapshot = snapshot_of(self._sockets.values())
+        self._first = True
+
+    # -- the tick ------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Scan once and start a pass; False when the previous pass is still
+        waiting for its owners (nothing was done)."""
+        if self._waiting is not None:
+            return False
+        started = self._monotonic()
+        try:
+            endpoints = self.scanner.scan()
+        except ScanError as err:
+            self._scan_failed(str(err))
+            return True
+        if self.stats.scan_error is not None:
+            self._say(SAY_INFO, f"scanning works again after: {self.stats.scan_error}")
+            self.stats.scan_error = None
+        self.stats.scans_total += 1
+        # The netlink scanner hands back the very same Endpoint objects for
+        # unchanged replies: an idle host's pass ends with identity checks.
+        if endpoints == self._last_endpoints and not self._unknown_owners():
+            self._scanned(started)
+            return True
+        confirmed = self._confirm_departures(endpoints)
+        if confirmed is None:
+            return True
+        self._begin_pass(confirmed, started)
+        return True
+
+    def _confirm_departures(self, endpoints: list[Endpoint]) -> list[Endpoint] | None:
+        """The scan, with every socket that seems gone looked for once more.
+
+        Neither a sock_diag dump nor a /proc/net read is an atomic snapshot:
+        the kernel resumes each chunk at a hash bucket and an index into it,
+        so a socket removed before that index in the same bucket shifts a
+        stable socket past the cut, and one read misses it (or lists it
+        twice). A departure is therefore believed only when a second look
+        misses the socket too; sockets the second look sees are kept. None
+        when the second look fails: the next step tries again.
+        """
+        seen = {endpoint.inode for endpoint in endpoints}
+        if all(inode in seen for inode in self._sockets):
+            return endpoints
+        try:
+            again = self.scanner.scan()
+        except ScanError as err:
+            self._scan_failed(str(err))
+            return None
+        self.stats.confirmations_total += 1
+        return endpoints + [endpoint for endpoint in again if endpoint.inode not in seen]
+
+    @property
+    def waiting_since(self) -> float | None:
+        """Monotonic time since which a pass waits for owners, None when none does."""
+        return self._waiting_since
+
+    def ports(self) -> list[tuple[Endpoint, Owner]]:
+        """Every listening socket with its own owner, sorted by key."""
+        return [
+            (endpoint, self._owners.get(endpoint.inode, UNKNOWN_OWNER))
+            for key in sorted(self._snapshot)
+            for endpoint in self._snapshot[key]
+        ]
+
+    @property
+    def ports_watched(self) -> int:
+        return len(self._snapshot)
+
+    # -- a pass ----------------------------------------------------------------
+
+    def _begin_pass(self, endpoints: list[Endpoint], started: float) -> None:
+        snapshot = snapshot_of(endpoints)
+        sockets = {endpoint.inode: endpoint for group in snapshot.values() for endpoint in group}
+        baseline = self._first and self._log.is_new
+        pass_ = _Pass(
+            endpoints=endpoints,
+            snapshot=snapshot,
+            sockets=sockets,
+            changes=[] if baseline else diff_snapshots(self._snapshot, snapshot),
+            detected="startup" if self._first else "scan",
+            started=started,
+            baseline=baseline,
+            new=sockets.keys() - self._sockets.keys(),
+            gone=self._sockets.keys() - sockets.keys(),
+        )
+        self._waiting = pass_
+        self._waiting_since = started
+        if not self.owners_enabled:
+            self._finish_pass(LookupResult({}))
+            return
+        retry = self._unknown_owners() & sockets.keys()
+        self._lookup.submit(lookup_job(pass_.new, retry, pass_.gone), self._finish_pass)
+
+    def _finish_pass(self, result: LookupResult) -> None:
+        """The continuation: owners are in; classify, then append in chunks."""
+        pass_ = self._waiting
+        if pass_ is None:
+            return
+        if result.error:
+            self._say(SAY_ERR, result.error)
+        owners = {inode: self._owners.get(inode, UNKNOWN_OWNER) for inode in pass_.gone}
+        owners.update(result.owners)
+        drafts = classify(
+            pass_.changes,
+            owners=owners,
+            time=rfc3339(self._now()),
+            detected=pass_.detected,
+            ignored=self.ignored,
+            down_since=self._log.last_alive if pass_.detected == "startup" else None,
+        )
+        removed = [self._sockets[inode] for inode in pass_.gone]
+        for inode in pass_.gone:
+            self._owners.pop(inode, None)
+        refreshed = {inode for inode, owner in result.owners.items() if owner.known}
+        self._owners.update({inode: result.owners[inode] for inode in refreshed})
+        added = [
+            (pass_.sockets[inode], self._owners.get(inode, UNKNOWN_OWNER))
+            for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))
+        ]
+        self._snapshot = pass_.snapshot
+        self._sockets = pass_.sockets
+        self._last_endpoints = pass_.endpoints
+        self._append_chunks(_chunks(drafts, added, removed), pass_, reported=len(drafts))
+
+    def _append_chunks(self, chunks: list[_Chunk], pass_: _Pass, *, reported: int) -> None:
+        """Append one chunk now and the rest at later turns of the loop, so
+        that a 50,000-socket burst never holds the loop (and the watchdog's
+        pings) for the whole of it. Each chunk is one transaction holding
+        its events together with their sockets: a crash between two chunks
+        leaves a store whose snapshot and events agree, and the next start
+        reports the rest as startup changes."""
+        if chunks:
+            drafts, added, removed = chunks.pop(0)
+            events = self._log.append(drafts, added=added, removed=removed)
+            for event in events:
+                self.stats.events_by_type[event.type] = (
+                    self.stats.events_by_type.get(event.type, 0) + 1
+                )
+                self.stats.detections[event.detected] = (
+                    self.stats.detections.get(event.detected, 0) + 1
+                )
+        if chunks:
+            self._defer(lambda: self._append_chunks(chunks, pass_, reported=reported))
+            return
+        self._waiting = None
+        self._waiting_since = None
+        if self._first:
+            self._first = False
+            self._report_start(reported, baseline=pass_.baseline)
+        self._scanned(pass_.started)
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    def _unknown_owners(self) -> set[int]:
+        if not self.owners_enabled:
+            return set()
+        return {inode for inode in self._sockets if inode not in self._owners}
+
+    def _scanned(self, started: float) -> None:
+        self.stats.last_scan_time = rfc3339(self._now())
+        self.stats.last_scan_duration_ms = (self._monotonic() - started) * 1000
+
+    def _scan_failed(self, message: str) -> None:
+        self.stats.scan_errors_total += 1
+        if message != self.stats.scan_error:
+            self._say(SAY_ERR, f"scan failed, keeping the last snapshot: {message}")
+        self.stats.scan_error = message
+
+    def _report_start(self, changes: int, *, baseline: bool) -> None:
+        if baseline:
+            self._say(
+                SAY_INFO,
+                f"baseline: watching {counted(len(self._snapshot), 'listening port')}; "
+                "changes from now on are reported",
+            )
+        elif changes:
+            self._say(
+                SAY_INFO,
+                f"{counted(changes, 'change')} happened while portwatchd was not running "
+                f"(since {self._log.last_alive})",
+            )
+
+    def replace_scanner(self, scanner: Scanner) -> None:
+        """A backend switch: the next scan is compared afresh (the new source
+        returns new objects), the snapshot stays."""
+        self.scanner.close()
+        self.scanner = scanner
+        self._last_endpoints = None
+
+    def close(self) -> None:
+        self._lookup.close()
+        self.scanner.close()

@@ -1,0 +1,277 @@
+"""The loop: when to step the engine, ping the watchdog, keep the history
+pruned, reload, report status, and stop.
+
+Signal handlers only set flags and wake the reactor (`request_*`); the loop
+acts on them at a known point. Everything slow happens elsewhere: owner
+lookups in the lookup worker, the journal in its writer thread, replies in
+bounded slices on the control connections. So the loop's turns are short,
+and the watchdog pings come from it: if it hangs, they stop, and systemd
+restarts the daemon. A pass that waits for owners longer than
+`LOOKUP_STUCK_S` stops the pings too: a lookup stuck in the kernel (a
+process on a dead mount) is a hang the watchdog should see.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from portwatchd import __version__
+from portwatchd.config import Config
+from portwatchd.engine import Engine, counted
+from portwatchd.log import EventLog
+from portwatchd.model import Event, Loss, rfc3339
+from portwatchd.notify import Notifier, watchdog_interval
+from portwatchd.outputs.journal_writer import JournalWriter
+from portwatchd.reactor import Reactor
+from portwatchd.reload import Reloader
+
+HEARTBEAT_S = 30.0
+PRUNE_EVERY_S = 1.0
+LOOKUP_STUCK_S = 10.0
+JOURNAL_FLUSH_AT_STOP_S = 2.0
+HOUR_S = 3600.0
+
+
+class Control(Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Runner:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: Engine,
+        log: EventLog,
+        writer: JournalWriter,
+        reloader: Reloader,
+        notifier: Notifier,
+        reactor: Reactor,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.log = log
+        self.writer = writer
+        self.reloader = reloader
+        self.notifier = notifier
+        self.reactor = reactor
+        self._monotonic = monotonic
+        self._now = wall_clock
+        self._started = monotonic()
+        self._stop = False
+        self._reload = False
+        self._rescan = False
+        self._reload_waiters: list[Callable[[dict[str, Any]], None]] = []
+        self._next_scan = 0.0
+        # A quarter of WATCHDOG_USEC rather than sd_watchdog_enabled(3)'s
+        # half: a turn that runs long (a 50,000-socket pass) then still
+        # leaves no gap between pings longer than half the timeout.
+        half = watchdog_interval()
+        self._watchdog_every = half / 2 if half is not None else None
+        self._next_ping = 0.0
+        self._next_heartbeat = self._started + HEARTBEAT_S
+        self._next_prune = self._started
+        # Events per minute over the last hour, as [minute, count]: 61 entries at most.
+        self._recent: deque[list[int]] = deque()
+        self._last_status_line = ""
+        log.subscribe(self._appended)
+
+    # -- the signal side: record and wake -----------------------------------
+
+    def request_reload(self, done: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Reload at the next turn; `done` gets the outcome (portwatchctl reload)."""
+        self._reload = True
+        if done is not None:
+            self._reload_waiters.append(done)
+        self.reactor.wake()
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self.reactor.wake()
+
+    def request_rescan(self) -> None:
+        self._rescan = True
+        self.reactor.wake()
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self, control: Control) -> int:
+        """Run until asked to stop; returns the exit status."""
+        self.engine.step()
+        while self.engine.waiting_since is not None and not self._stop:
+            self._turn(0.1)  # the first pass's owners: the baseline names them
+        control.start()
+        self.reloader.control = control
+        self.notifier.ready(self.status_line())
+        self.writer.say(
+            6,
+            f"portwatchd {__version__} ready: {self.status_line()}; "
+            f"control socket {self.config.socket.path}",
+        )
+        self._next_scan = self._monotonic() + self.config.interval
+        while not self._stop:
+            self._turn(self._until_due())
+            if self._reload:
+                self._do_reload()
+            if (self._rescan or self._monotonic() >= self._next_scan) and self._scan():
+                self._rescan = False
+            self._housekeeping()
+        self._shutdown(control)
+        return 0
+
+    def _turn(self, timeout: float) -> None:
+        self.reactor.run_once(max(0.0, timeout))
+        self._ping_if_due()
+
+    def _until_due(self) -> float:
+        if self._stop or self._reload or self._rescan:
+            return 0.0
+        due = min(self._next_scan, self._next_heartbeat, self._next_prune)
+        if self._watchdog_every is not None:
+            due = min(due, self._next_ping)
+        return due - self._monotonic()
+
+    def _scan(self) -> bool:
+        started = self._monotonic()
+        if not self.engine.step():
+            return False  # the last pass still waits for owners: its continuation comes first
+        self._next_scan = started + self.config.interval
+        return True
+
+    def reschedule(self, old_interval: float, new_interval: float) -> None:
+        """A new interval counts from the last scan: a shorter one applies
+        now, not after the old one runs out."""
+        self._next_scan += new_interval - old_interval
+
+    def _ping_if_due(self) -> None:
+        if self._watchdog_every is None:
+            return
+        now = self._monotonic()
+        waiting = self.engine.waiting_since
+        if waiting is not None and now - waiting > LOOKUP_STUCK_S:
+            return
+        if now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + self._watchdog_every
+
+    def _housekeeping(self) -> None:
+        now = self._monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_S
+            self.log.heartbeat(rfc3339(self._now()))
+        if now >= self._next_prune:
+            more = self.log.prune_step(self._now())
+            self._next_prune = now + (0.0 if more else PRUNE_EVERY_S)
+        line = self.status_line()
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self.notifier.status(line)
+
+    def _appended(self, items: Any) -> None:
+        events = [item for item in items if isinstance(item, Event)]
+        for item in items:
+            if isinstance(item, Loss):
+                self.writer.loss(item)
+        self.writer.feed()
+        if events:
+            minute = int(self._monotonic() // 60)
+            if self._recent and self._recent[-1][0] == minute:
+                self._recent[-1][1] += len(events)
+            else:
+                self._recent.append([minute, len(events)])
+
+    # -- reload and stop ---------------------------------------------------------
+
+    def _do_reload(self) -> None:
+        # Several SIGHUPs before we get here are one reload.
+        self._reload = False
+        waiters, self._reload_waiters = self._reload_waiters, []
+        self.notifier.reloading()
+        outcome = self.reloader.reload(self)
+        self.notifier.ready(self.status_line())
+        for done in waiters:
+            done(outcome)
+
+    def _shutdown(self, control: Control) -> None:
+        """The written order: tell systemd, stop accepting clients, flush the
+        journal as far as it takes it, close the store, release the rest."""
+        self.notifier.stopping("stopping")
+        self.reloader.control.close()
+        self.writer.say(6, "stopped")
+        self.writer.close(JOURNAL_FLUSH_AT_STOP_S)
+        self.engine.close()
+        self.log.close()
+
+    # -- what status reports ---------------------------------------------------
+
+    def events_last_hour(self) -> int:
+        horizon = int((self._monotonic() - HOUR_S) // 60)
+        while self._recent and self._recent[0][0] <= horizon:
+            self._recent.popleft()
+        return sum(count for _, count in self._recent)
+
+    def status(self) -> dict[str, Any]:
+        stats = self.engine.stats
+        config = self.config
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(self._monotonic() - self._started, 3),
+            "interval_s": config.interval,
+            "backend": self.engine.scanner.name,
+            "owners": config.owners,
+            "ports_watched": self.engine.ports_watched,
+            "events_total": sum(stats.events_by_type.values()),
+            "events_by_type": dict(stats.events_by_type),
+            "detections": dict(stats.detections),
+            "events_last_hour": self.events_last_hour(),
+            "last_seq": self.log.last_seq,
+            "oldest_seq": self.log.oldest_seq,
+            "history_size": self.log.count,
+            "history_capacity": config.history_size,
+            "ring_size": self.log.count,
+            "ring_capacity": config.history_size,
+            "scans_total": stats.scans_total,
+            "scan_errors_total": stats.scan_errors_total,
+            "last_scan_time": stats.last_scan_time,
+            "last_scan_duration_ms": (
+                round(stats.last_scan_duration_ms, 3)
+                if stats.last_scan_duration_ms is not None
+                else None
+            ),
+            "scan_error": stats.scan_error,
+            "journal_error": self.writer.error,
+            "journal_errors_total": self.writer.errors_total,
+            "journal_pending": self.writer.pending,
+            "store_error": self.log.store_error,
+            "config_path": config.source,
+            "state_dir": self.reloader.state_dir,
+            "last_reload": self.reloader.last,
+        }
+
+    def status_line(self) -> str:
+        """STATUS= text: "watching 12 ports every 1s; 3 events in the last hour"."""
+        line = (
+            f"watching {counted(self.engine.ports_watched, 'port')} every "
+            f"{self.config.interval:g}s; "
+            f"{counted(self.events_last_hour(), 'event')} in the last hour"
+        )
+        if self.engine.stats.scan_error:
+            line += f"; scan failing: {self.engine.stats.scan_error}"
+        if self.writer.error:
+            line += f"; journal failing, {self.writer.pending} events pending"
+        if self.log.store_error:
+            line += f"; store failing: {self.log.store_error}"
+        last = self.reloader.last
+        if last is not None and last["outcome"] != "ok":
+            line += f"; reload {last['outcome']}: {last['error']}"
+        return line
