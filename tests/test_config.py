@@ -21,6 +21,7 @@ from portwatchd.config import (
     Config,
     ConfigError,
     IgnoreRule,
+    KeyOrigin,
     SocketConfig,
     load_config,
 )
@@ -57,12 +58,15 @@ def test_defaults_run_without_a_file() -> None:
     assert config.backend == "auto"
     assert config.owners is True
     assert config.state_dir == "/var/lib/portwatchd"
-    assert config.ring_size == 1000
+    assert config.history_size == 10_000
+    assert config.history_max_age_s is None
     assert config.socket == SocketConfig(
         path="/run/portwatchd/control.sock", group="", mode=0o660, max_clients=64, idle_timeout=60
     )
     assert config.ignore == ()
     assert config.source is None
+    assert config.sources == ()
+    assert config.warnings == ()
 
 
 def test_missing_default_file_means_defaults(
@@ -136,7 +140,8 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         state_dir = "/srv/state"
         log_target = "stderr"
         log_format = "json"
-        ring_size = 5000
+        history_size = 5000
+        history_max_age = "30d"
 
         [socket]
         path = "/run/pw.sock"
@@ -163,11 +168,14 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert config.state_dir == "/srv/state"
     assert config.log_target == "stderr"
     assert config.log_format == "json"
-    assert config.ring_size == 5000
+    assert config.history_size == 5000
+    assert config.history_max_age_s == 30 * 86400
     assert config.socket == SocketConfig("/run/pw.sock", "portwatchd", 0o640, 8, 30.0)
     assert config.source == path
+    assert config.sources == (path,)
+    assert config.warnings == ()
     first, second = config.ignore
-    assert first == IgnoreRule(ports=((5353, 5353),), proto="udp", line=17)
+    assert first == IgnoreRule(ports=((5353, 5353),), proto="udp", line=18, source=path)
     assert second.ports == ((6000, 6010), (22, 22))
     assert second.networks == (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -175,22 +183,25 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     )
     assert second.process == "sshd"
     assert second.unit == "docker-*.scope"
-    assert second.line == 21
+    assert second.line == 22
+
+
+SHIPPED = REPO / "packaging" / "portwatchd.toml"
 
 
 def test_shipped_default_file_loads_and_equals_the_defaults() -> None:
     # packaging/portwatchd.toml has every key commented out: installing it
     # must change nothing.
-    path = str(REPO / "packaging" / "portwatchd.toml")
+    path = str(SHIPPED)
     config = load_config(path)
-    assert config == Config(source=path)
+    assert config == Config(source=path, sources=(path,))
 
 
 def test_shipped_default_file_shows_every_key_with_its_default(tmp_path: Path) -> None:
     # Uncommenting every "#key = value" line must give the defaults again:
     # the file documents them truthfully, and misses none.
-    text = (REPO / "packaging" / "portwatchd.toml").read_text()
-    setting = re.compile(r"^#([a-z_]+) = ")
+    text = SHIPPED.read_text()
+    setting = re.compile(r"^#([a-z_.]+) = ")
     uncommented = [line[1:] if setting.match(line) else line for line in text.splitlines()]
     shown = [match[1] for line in text.splitlines() if (match := setting.match(line))]
     assert sorted(shown) == sorted(
@@ -201,17 +212,85 @@ def test_shipped_default_file_shows_every_key_with_its_default(tmp_path: Path) -
             "state_dir",
             "log_target",
             "log_format",
-            "ring_size",
-            "path",
-            "group",
-            "mode",
-            "max_clients",
-            "idle_timeout",
+            "history_size",
+            "history_max_age",
+            "socket.path",
+            "socket.group",
+            "socket.mode",
+            "socket.max_clients",
+            "socket.idle_timeout",
         ]
     )
     path = tmp_path / "uncommented.toml"
     path.write_text("\n".join(uncommented))
-    assert load_config(str(path)) == Config(source=str(path))
+    config = load_config(str(path))
+    assert config == Config(source=str(path), sources=(str(path),))
+    assert config.warnings == ()
+
+
+def test_shipped_default_file_has_no_active_table() -> None:
+    for number, line in enumerate(SHIPPED.read_text().splitlines(), start=1):
+        assert not line.lstrip().startswith("["), f"line {number} opens a table: {line}"
+
+
+def test_a_key_appended_to_the_shipped_file_is_a_top_level_key(tmp_path: Path) -> None:
+    path = tmp_path / "portwatchd.toml"
+    path.write_text(SHIPPED.read_text() + "interval = 5\n")
+    assert load_config(str(path)).interval == 5.0
+
+
+def test_each_socket_key_uncommented_alone_applies(tmp_path: Path) -> None:
+    # The admin's usual edit: remove one "#". Without an active [socket]
+    # table the dotted key must work wherever it stands.
+    text = SHIPPED.read_text().replace('#socket.group = ""', 'socket.group = "adm"')
+    path = tmp_path / "portwatchd.toml"
+    path.write_text(text + "backend = 'proc'\n")
+    config = load_config(str(path))
+    assert (config.socket.group, config.backend) == ("adm", "proc")
+
+
+# -- history ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [
+        ("3600", 3600.0),
+        ("1.5", 1.5),
+        ('"30d"', 30 * 86400.0),
+        ('"12h"', 12 * 3600.0),
+        ('"90m"', 90 * 60.0),
+        ('"3600s"', 3600.0),
+        ('" 1.5h "', 5400.0),
+        ('"3650d"', 3650 * 86400.0),
+        ('"none"', None),
+    ],
+)
+def test_history_max_age_takes_seconds_or_a_duration(
+    tmp_path: Path, written: str, seconds: float | None
+) -> None:
+    config = load_config(write(tmp_path, f"history_max_age = {written}\n"))
+    assert config.history_max_age_s == seconds
+
+
+def test_history_size_reaches_ten_million(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "history_size = 10_000_000\n")).history_size == 10_000_000
+
+
+def test_ring_size_still_works_with_a_warning(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval = 2\nring_size = 5000\n")
+    config = load_config(path)
+    assert config.history_size == 5000
+    assert config.ring_size == 5000
+    assert config.warnings == (
+        f"{path}:2: ring_size: is deprecated: write history_size = 5000 instead "
+        "(the same setting; ring_size will be removed in a later version)",
+    )
+    assert config.origin("history_size") == KeyOrigin(path, 2, "ring_size")
+
+
+def test_the_new_name_has_no_warning(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "history_size = 5000\n")).warnings == ()
 
 
 # -- errors name the file, the line and the key ------------------------------------
@@ -235,9 +314,27 @@ BAD_VALUES = [
     ("state_dir = 5", 1, "state_dir", "must be a string, got integer 5"),
     ('log_target = "syslog"', 1, "log_target", 'must be one of "auto", "journal", "stderr"'),
     ('log_format = "xml"', 1, "log_format", 'must be one of "text", "json", got string "xml"'),
-    ("ring_size = 0", 1, "ring_size", "must be between 1 and 1000000, got 0"),
-    ("ring_size = 10.0", 1, "ring_size", "must be an integer, got float 10.0"),
+    ("history_size = 0", 1, "history_size", "must be between 1 and 10000000, got 0"),
+    ("history_size = 10000001", 1, "history_size", "must be between 1 and 10000000"),
+    ("history_size = 10.0", 1, "history_size", "must be an integer, got float 10.0"),
+    ("history_size = false", 1, "history_size", "must be an integer, got boolean false"),
+    ("ring_size = 0", 1, "ring_size", "must be between 1 and 10000000, got 0"),
     ("ring_size = false", 1, "ring_size", "must be an integer, got boolean false"),
+    ("history_max_age = 0", 1, "history_max_age", 'between 1 second and 3650 days, or "none"'),
+    ("history_max_age = -5", 1, "history_max_age", "got integer -5"),
+    ('history_max_age = "3651d"', 1, "history_max_age", 'got string "3651d"'),
+    ("history_max_age = nan", 1, "history_max_age", "got float nan"),
+    ("history_max_age = true", 1, "history_max_age", "got boolean true"),
+    ('history_max_age = "30"', 1, "history_max_age", "(add a unit: s, m, h or d)"),
+    ('history_max_age = "1w"', 1, "history_max_age", 'like "30d", "12h", "90m" or "3600s"'),
+    ('history_max_age = "forever"', 1, "history_max_age", 'or "none", got "forever"'),
+    ("history_max_age = [1]", 1, "history_max_age", "got an array"),
+    (
+        "ring_size = 5\nhistory_size = 6",
+        1,
+        "ring_size",
+        "is the old name of history_size, which this file also sets; remove ring_size",
+    ),
     ("\n[socket]\npath = 1", 3, "socket.path", "must be a string, got integer 1"),
     (
         f'[socket]\npath = "/run/{"x" * 120}"',
@@ -344,6 +441,7 @@ UNKNOWN_KEYS = [
         "unknown key; did you mean address?",
     ),
     ("[[ignores]]\nport = 1", 1, "ignores", "unknown table; did you mean ignore?"),
+    ('group = "adm"', 1, "group", "unknown key; write socket.group, or put it under [socket]"),
 ]
 
 
@@ -407,7 +505,7 @@ def test_key_given_twice_points_at_the_second(tmp_path: Path) -> None:
 
 
 def test_unterminated_value_points_at_the_end(tmp_path: Path) -> None:
-    error = error_of(tmp_path, "interval = 1\nring_size = ")
+    error = error_of(tmp_path, "interval = 1\nhistory_size = ")
     assert error.line == 2
 
 
@@ -468,30 +566,48 @@ def test_any_text_gives_a_config_or_a_config_error(tmp_path: Path, text: str) ->
 
 
 def test_overrides_beat_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "interval = 5\n[socket]\npath = '/run/a.sock'\nmode = '0600'\n")
+    path = write(
+        tmp_path,
+        "interval = 5\nstate_dir = '/a'\nlog_target = 'journal'\n"
+        "[socket]\npath = '/run/a.sock'\nmode = '0600'\n",
+    )
     config = load_config(
         path,
         {
             "interval": 0.25,
             "socket_path": "run/control.sock",
             "state_dir": "run/state",
-            "owners": False,
-            "socket_mode": "0666",
-            "ring_size": 10,
-            "backend": "netlink",
             "log_target": "stderr",
-            "log_format": "json",
-            "socket_group": "adm",
-            "socket_max_clients": 2,
-            "socket_idle_timeout": 5,
         },
     )
     assert config.interval == 0.25
-    assert config.socket == SocketConfig("run/control.sock", "adm", 0o666, 2, 5.0)
+    assert config.socket == SocketConfig("run/control.sock", "", 0o600, 64, 60.0)
     assert config.state_dir == "run/state"
-    assert (config.owners, config.ring_size, config.backend) == (False, 10, "netlink")
-    assert (config.log_target, config.log_format) == ("stderr", "json")
+    assert config.log_target == "stderr"
     assert config.source == path
+    assert config.origin("socket.path") == KeyOrigin(None, None, "--socket")
+    assert config.origin("socket.mode") == KeyOrigin(path, 6, "socket.mode")
+
+
+def test_override_options_are_the_options_portwatchd_has() -> None:
+    # Every override is reachable from the command line, and every option
+    # the daemon passes is a known override.
+    from portwatchd.daemon import build_parser, overrides_from
+
+    parser = build_parser()
+    options = {option for action in parser._actions for option in action.option_strings}
+    assert {option for _path, option in OVERRIDE_OPTIONS.values()} <= options
+    args = parser.parse_args(
+        ["--interval", "2", "--socket", "/x.sock", "--state-dir", "/s", "--log-target", "stderr"]
+    )
+    assert set(overrides_from(args)) == set(OVERRIDE_OPTIONS)
+    config = load_config(str(SHIPPED), overrides_from(args))
+    assert (config.interval, config.socket.path, config.state_dir, config.log_target) == (
+        2.0,
+        "/x.sock",
+        "/s",
+        "stderr",
+    )
 
 
 def test_none_overrides_are_not_given(tmp_path: Path) -> None:
@@ -514,19 +630,20 @@ def test_every_override_name_maps_to_a_real_key() -> None:
     [
         ({"interval": 0}, "--interval: must be between 0.1 and 3600 seconds, got 0"),
         ({"interval": "2"}, '--interval: must be a number of seconds, got string "2"'),
-        ({"ring_size": True}, "--ring-size: must be an integer, got boolean true"),
         ({"socket_path": ""}, "--socket: must not be empty"),
+        ({"state_dir": ""}, "--state-dir: must not be empty"),
         (
-            {"backend": "bpf"},
-            '--backend: must be one of "auto", "netlink", "proc", got string "bpf"',
+            {"log_target": "syslog"},
+            '--log-target: must be one of "auto", "journal", "stderr", got string "syslog"',
         ),
-        ({"socket_mode": "rw"}, '--socket-mode: must be an octal mode like "0660", got "rw"'),
         ({"intervall": 1}, "unknown override 'intervall'; did you mean interval?"),
+        ({"ring_size": 5}, "unknown override 'ring_size'"),
+        ({"backend": "proc"}, "unknown override 'backend'"),
     ],
 )
 def test_bad_override_names_the_option(overrides: dict[str, object], expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(str(REPO / "packaging" / "portwatchd.toml"), overrides)
+        load_config(str(SHIPPED), overrides)
     assert str(caught.value) == expected
 
 
@@ -536,101 +653,6 @@ def test_overrides_apply_without_a_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert config.interval == 3.0
     assert config.source is None
     assert DEFAULT_CONFIG_PATH == "/etc/portwatchd/portwatchd.toml"
-
-
-# -- ignore rules ------------------------------------------------------------------
-
-
-def rules_of(tmp_path: Path, text: str) -> Config:
-    return load_config(write(tmp_path, text))
-
-
-def test_port_range_and_list(tmp_path: Path) -> None:
-    config = rules_of(tmp_path, '[[ignore]]\nport = ["6000-6010", 22]\n')
-    assert config.is_ignored(endpoint(6000))
-    assert config.is_ignored(endpoint(6010))
-    assert config.is_ignored(endpoint(22))
-    assert not config.is_ignored(endpoint(6011))
-    assert not config.is_ignored(endpoint(5999))
-
-
-def test_cidr_and_exact_address(tmp_path: Path) -> None:
-    config = rules_of(
-        tmp_path, '[[ignore]]\naddress = "127.0.0.0/8"\n[[ignore]]\naddress = "::1"\n'
-    )
-    assert config.is_ignored(endpoint(address="127.0.0.53"))
-    assert config.is_ignored(endpoint(address="::1", family="ipv6"))
-    assert not config.is_ignored(endpoint(address="0.0.0.0"))
-    assert not config.is_ignored(endpoint(address="::", family="ipv6"))
-    assert not config.is_ignored(endpoint(address="128.0.0.1"))
-
-
-def test_ipv4_rule_matches_an_ipv4_mapped_address(tmp_path: Path) -> None:
-    config = rules_of(tmp_path, '[[ignore]]\naddress = "10.0.0.0/8"\n')
-    assert config.is_ignored(endpoint(address="::ffff:10.1.2.3", family="ipv6"))
-    assert not config.is_ignored(endpoint(address="::ffff:11.1.2.3", family="ipv6"))
-
-
-def test_wildcard_address_is_matched_exactly_not_as_everything(tmp_path: Path) -> None:
-    config = rules_of(tmp_path, '[[ignore]]\naddress = "0.0.0.0"\n')
-    assert config.is_ignored(endpoint(address="0.0.0.0"))
-    assert not config.is_ignored(endpoint(address="192.168.1.1"))
-
-
-def test_every_field_of_a_rule_must_match(tmp_path: Path) -> None:
-    config = rules_of(tmp_path, '[[ignore]]\nport = 5353\nproto = "udp"\n')
-    assert config.is_ignored(endpoint(5353, proto="udp"))
-    assert not config.is_ignored(endpoint(5353, proto="tcp"))
-    assert not config.is_ignored(endpoint(5354, proto="udp"))
-
-
-def test_any_rule_may_match(tmp_path: Path) -> None:
-    config = rules_of(tmp_path, "[[ignore]]\nport = 1\n[[ignore]]\nport = 2\n")
-    assert config.is_ignored(endpoint(1))
-    assert config.is_ignored(endpoint(2))
-    assert not config.is_ignored(endpoint(3))
-
-
-def test_process_and_unit_rules_judge_the_owner(tmp_path: Path) -> None:
-    config = rules_of(
-        tmp_path, '[[ignore]]\nprocess = "dnsmasq"\n[[ignore]]\nunit = "docker-*.scope"\n'
-    )
-    dnsmasq = Owner(pid=10, comm="dnsmasq", unit="libvirtd.service")
-    container = Owner(pid=11, comm="nginx", unit="docker-0123abcd.scope")
-    host_nginx = Owner(pid=12, comm="nginx", unit="nginx.service")
-    assert config.is_ignored(endpoint(53), dnsmasq)
-    assert config.is_ignored(endpoint(80), container)
-    assert not config.is_ignored(endpoint(80), host_nginx)
-    # Unknown owner: a process or unit rule cannot match.
-    assert not config.is_ignored(endpoint(53), None)
-    assert not config.is_ignored(endpoint(53), Owner())
-
-
-def test_exact_unit_is_not_a_prefix(tmp_path: Path) -> None:
-    config = rules_of(tmp_path, '[[ignore]]\nunit = "ssh.service"\n')
-    assert config.is_ignored(endpoint(), Owner(pid=1, unit="ssh.service"))
-    assert not config.is_ignored(endpoint(), Owner(pid=1, unit="ssh.service.d"))
-    assert not config.is_ignored(endpoint(), Owner(pid=1, unit="sshd.service"))
-
-
-def test_rule_describes_itself_for_log_lines(tmp_path: Path) -> None:
-    config = rules_of(
-        tmp_path, '[[ignore]]\nport = [22, "80-81"]\nproto = "tcp"\naddress = "::1"\n'
-    )
-    assert config.ignore[0].describe() == "port=22,80-81 address=::1/128 proto=tcp"
-
-
-def test_the_man_page_example_is_a_valid_configuration(tmp_path: Path) -> None:
-    page = (REPO / "man" / "portwatchd.toml.5").read_text()
-    examples = page.split(".SH EXAMPLES", 1)[1]
-    block = examples.split(".nf\n", 1)[1].split(".fi\n", 1)[0]
-    config = rules_of(tmp_path, block.replace("\\-", "-"))
-    assert config.interval == 2.0
-    assert config.socket.group == "adm"
-    assert len(config.ignore) == 3
-    assert config.is_ignored(endpoint(5353, proto="udp"))
-    assert config.is_ignored(endpoint(8080, address="::1", family="ipv6"))
-    assert not config.is_ignored(endpoint(8080))
 
 
 def test_absurdly_deep_nesting_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
