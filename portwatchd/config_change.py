@@ -123,7 +123,9 @@ def _value_text(key: str, config: Config) -> str:
     value = _value(key, config)
     if value is None:
         return "none"
-    if key in ("interval", "socket.idle_timeout", "history_max_age") and isinstance(value, float):
+    if key in ("interval", "socket.idle_timeout", "history_max_age") and isinstance(
+        value, int | float
+    ):
         return f"{number_text(value)}s"
     if key == "socket.mode":
         return f"{value:04o}"

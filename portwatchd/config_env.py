@@ -53,8 +53,8 @@ def _socket_path_error(config: Config) -> ConfigError | None:
     path = config.socket.path
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # the directory check below says which
     except OSError as error:
         return _error(config, "socket.path", f"cannot look at {path}: {error.strerror}")
     if mode is not None and not stat.S_ISSOCK(mode):
@@ -77,7 +77,7 @@ def _directory_error(config: Config, field_path: str, directory: str) -> ConfigE
     while True:
         try:
             mode = os.stat(candidate).st_mode
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             candidate = os.path.dirname(candidate)
             continue
         except OSError as error:

@@ -25,7 +25,6 @@ from portwatchd.config import (
     SocketConfig,
     load_config,
 )
-from portwatchd.model import Endpoint, Owner
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,12 +40,6 @@ def error_of(tmp_path: Path, text: str) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     return caught.value
-
-
-def endpoint(
-    port: int = 22, address: str = "0.0.0.0", proto: str = "tcp", family: str = "ipv4"
-) -> Endpoint:
-    return Endpoint(proto=proto, family=family, address=address, port=port)  # type: ignore[arg-type]
 
 
 # -- defaults and a full file ------------------------------------------------------

@@ -37,7 +37,6 @@ def test_config_is_ignored_asks_the_policy(tmp_path: Path) -> None:
     assert Config().is_ignored(endpoint(22)) is False
 
 
-
 def rules_of(tmp_path: Path, text: str) -> Config:
     return load_config(write(tmp_path, text))
 
@@ -128,5 +127,3 @@ def test_the_man_page_example_is_a_valid_configuration(tmp_path: Path) -> None:
     assert config.is_ignored(endpoint(5353, proto="udp"))
     assert config.is_ignored(endpoint(8080, address="::1", family="ipv6"))
     assert not config.is_ignored(endpoint(8080))
-
-
