@@ -23,6 +23,7 @@ from portwatchd.config import (
     IgnoreRule,
     KeyOrigin,
     SocketConfig,
+    check_config,
     load_config,
 )
 
@@ -547,12 +548,16 @@ def test_bytes_that_are_not_utf8_give_their_line(tmp_path: Path) -> None:
 def test_any_text_gives_a_config_or_a_config_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "fuzz.toml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    errors = check_config(str(path))
+    assert all(str(error).startswith(str(path)) for error in errors)
     try:
         config = load_config(str(path))
     except ConfigError as error:
-        assert str(error).startswith(str(path))
+        # load_config stops at the first of the errors check_config lists.
+        assert errors and str(error) == str(errors[0])
     else:
         assert isinstance(config, Config)
+        assert errors == []
 
 
 # -- overrides ---------------------------------------------------------------------
@@ -654,3 +659,12 @@ def test_absurdly_deep_nesting_is_a_config_error_not_a_crash(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     assert str(path) in str(caught.value)
+
+
+def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, block))
+    assert (config.history_size, config.history_max_age_s) == (10_000, None)
+    assert len(config.ignore) == 1
