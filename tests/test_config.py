@@ -386,6 +386,8 @@ def test_absurdly_deep_nesting_is_a_config_error_not_a_crash(tmp_path: Path) -> 
 
 
 def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    if not (REPO / "README.md").exists():
+        pytest.skip("no README.md here (the package build copies only the code and tests)")
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Configuration", 1)[1]
     block = section.split("```toml\n", 1)[1].split("```", 1)[0]
