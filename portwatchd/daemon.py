@@ -103,19 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def check_config(path: str | None, overrides: dict[str, Any]) -> int:
     """`--check-config`: every problem of every file, and what start-up would check."""
     from portwatchd.config import check_config as find_errors
-    from portwatchd.config import environment_errors
+    from portwatchd.config import format_errors
 
-    errors = find_errors(path, overrides)
-    if not errors:
-        errors = environment_errors(load_config(path, overrides))
-    for error in errors:
-        print(f"portwatchd: {error}", file=sys.stderr)
+    errors = find_errors(path, overrides, environment=True)
+    print(format_errors(errors), file=sys.stderr if errors else sys.stdout)
     if errors:
         return EXIT_CONFIG
-    config = load_config(path, overrides)
-    for warning in config.warnings:
-        print(f"portwatchd: warning: {warning}", file=sys.stderr)
-    print(f"portwatchd: configuration OK ({', '.join(config.sources) or 'built-in defaults'})")
+    for warning in load_config(path, overrides).warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -19,14 +19,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portwatchd.config import Config, ConfigError
+from portwatchd.config_change import diff_config
 from portwatchd.model import rfc3339
 from portwatchd.outputs.journal import MESSAGE_ID_RELOAD_REFUSED, PRIORITY_ERR, PRIORITY_INFO
 from portwatchd.sources.base import ScanError, Scanner
 
 if TYPE_CHECKING:
     from portwatchd.runner import Runner
-
-RESTART_ONLY = ("state_dir", "log_target", "log_format")
 
 
 class Control(Protocol):
@@ -69,49 +68,66 @@ class Reloader:
             return self._record(moment, "refused", str(err), [])
         for warning in new.warnings:
             runner.writer.say(4, warning)
-        old = runner.config
+        change = diff_config(runner.config, new)
+        applied = runner.config
         not_applied: list[str] = []
-        new = self._apply_backend(runner, old, new, not_applied)
-        new = self._apply_socket(old, new, not_applied)
-        for key in RESTART_ONLY:
-            if getattr(new, key) != getattr(old, key):
-                not_applied.append(f"{key}: applies at the next restart")
-                new = replace(new, **{key: getattr(old, key)})
-        if new.interval != old.interval:
-            runner.reschedule(old.interval, new.interval)
-        runner.log.set_retention(new.history_size, new.history_max_age_s)
-        runner.engine.ignored = new.is_ignored
-        runner.engine.owners_enabled = new.owners
-        runner.config = new
+        for part in change.parts:
+            applied, failure = self._apply(part, runner, applied, new)
+            if failure is not None:
+                not_applied.append(failure)
+        not_applied += [f"{key}: applies at the next restart" for key in change.restart_only]
+        runner.config = applied
         if not_applied:
             error = "; ".join(not_applied)
             runner.writer.say(PRIORITY_ERR, f"configuration reloaded in part: {error}")
             return self._record(moment, "partial", error, not_applied)
-        runner.writer.say(PRIORITY_INFO, f"configuration reloaded: {runner.status_line()}")
+        runner.writer.say(
+            PRIORITY_INFO,
+            f"configuration reloaded ({change.describe() or 'no change'}): {runner.status_line()}",
+        )
         return self._record(moment, "ok", None, [])
 
+    def _apply(
+        self, part: str, runner: Runner, running: Config, new: Config
+    ) -> tuple[Config, str | None]:
+        """Apply one part of the new configuration; the running configuration
+        with that part changed, or unchanged and the reason it did not apply."""
+        if part == "interval":
+            runner.reschedule(running.interval, new.interval)
+            return replace(running, interval=new.interval), None
+        if part == "owners":
+            runner.engine.owners_enabled = new.owners
+            return replace(running, owners=new.owners), None
+        if part == "history":
+            runner.log.set_retention(new.history_size, new.history_max_age_s)
+            return replace(
+                running, history_size=new.history_size, history_max_age_s=new.history_max_age_s
+            ), None
+        if part == "ignore":
+            runner.engine.ignored = new.is_ignored
+            return replace(running, ignore=new.ignore), None
+        if part == "backend":
+            return self._apply_backend(runner, running, new)
+        if part == "socket":
+            return self._apply_socket(running, new)
+        raise ValueError(f"unknown configuration part {part!r}")
+
     def _apply_backend(
-        self, runner: Runner, old: Config, new: Config, not_applied: list[str]
-    ) -> Config:
-        if new.backend == old.backend:
-            return new
+        self, runner: Runner, running: Config, new: Config
+    ) -> tuple[Config, str | None]:
         try:
             scanner = self._open_scanner(new.backend)
         except (ScanError, OSError) as err:
-            not_applied.append(f"backend: cannot switch to {new.backend}: {err}")
-            return replace(new, backend=old.backend)
+            return running, f"backend: cannot switch to {new.backend}: {err}"
         runner.engine.replace_scanner(scanner)
-        return new
+        return replace(running, backend=new.backend), None
 
-    def _apply_socket(self, old: Config, new: Config, not_applied: list[str]) -> Config:
-        if new.socket == old.socket:
-            return new
+    def _apply_socket(self, running: Config, new: Config) -> tuple[Config, str | None]:
         if self._control_inherited:
-            not_applied.append(
+            return running, (
                 "[socket]: systemd passes the control socket "
                 "(portwatchd.socket sets its path, group and mode)"
             )
-            return replace(new, socket=old.socket)
         self.control.close()
         try:
             self.control = self._open_control(new)
@@ -119,18 +135,17 @@ class Reloader:
         except OSError as err:
             reason = f"[socket]: cannot listen on {new.socket.path}: {err}"
             try:
-                self.control = self._open_control(old)
+                self.control = self._open_control(running)
                 self.control.start()
             except OSError as again:
                 reason += (
-                    f"; nor again on {old.socket.path} ({again}): "
+                    f"; nor again on {running.socket.path} ({again}): "
                     "portwatchctl cannot reach this daemon"
                 )
             else:
-                reason += f"; keeping {old.socket.path}"
-            not_applied.append(reason)
-            return replace(new, socket=old.socket)
-        return new
+                reason += f"; keeping {running.socket.path}"
+            return running, reason
+        return replace(running, socket=new.socket), None
 
     def _record(
         self, moment: str, outcome: str, error: str | None, not_applied: list[str]
