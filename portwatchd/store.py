@@ -186,7 +186,7 @@ class Store:
             self._fresh = False
 
         self._warnings.extend(
-            migrate.import_statemigrate.to_json(
+            migrate.import_state_json(
                 self.state_dir, empty=self._fresh, done=done is not None, write=write
             )
         )
