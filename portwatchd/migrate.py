@@ -94,18 +94,17 @@ class WrongSchemaError(Exception):
     """events.db is a database, but not one this portwatchd can use."""
 
 
-def prepare_schema(connection: sqlite3.Connection) -> bool:
-    """Create the schema in an empty database; True when it did. WrongSchemaError otherwise."""
+def check_schema(connection: sqlite3.Connection) -> bool:
+    """True for an empty database, False for ours; WrongSchemaError for anything else.
+
+    Reads only: a file that is not ours is left exactly as it was found.
+    """
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     tables = {
         name
         for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     }
     if version == 0 and not tables:
-        # One transaction: a crash leaves either no schema or all of it.
-        connection.executescript(
-            f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
-        )
         return True
     if version != SCHEMA_VERSION:
         newer = " (written by a newer portwatchd?)" if version > SCHEMA_VERSION else ""
@@ -114,6 +113,13 @@ def prepare_schema(connection: sqlite3.Connection) -> bool:
     if missing:
         raise WrongSchemaError(f"table(s) {', '.join(sorted(missing))} missing")
     return False
+
+
+def create_schema(connection: sqlite3.Connection) -> None:
+    # One transaction: a crash leaves either no schema or all of it.
+    connection.executescript(
+        f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+    )
 
 
 def import_state_json(

@@ -131,9 +131,12 @@ class Store:
             raise IsADirectoryError(21, f"{self.path} is a directory")
         connection = sqlite3.connect(self.path, isolation_level=None)
         try:
+            empty = migrate.check_schema(connection)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
-            self._fresh = migrate.prepare_schema(connection)
+            if empty:
+                migrate.create_schema(connection)
+            self._fresh = empty
             truncated = migrate.truncation(connection, self.path)
             if truncated:
                 raise _CorruptError(truncated)

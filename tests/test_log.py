@@ -166,7 +166,7 @@ def test_retention_by_age_in_bounded_steps(tmp_path: Path) -> None:
 
 
 def test_page_across_a_gap(tmp_path: Path) -> None:
-    log = filled(tmp_path, 2)  # no close: the next run starts at 1003
+    filled(tmp_path, 2)  # no close: the next run starts at 1003
     again = open_log(tmp_path)
     again.append([draft(5), draft(9)])
     assert seqs(again.page(ANY, 1, 10)) == [2, 1003, 1004]
