@@ -285,5 +285,5 @@ def test_page_and_newest_start_agree_with_a_plain_filter(
         ]
         after = [event for event in expected if event.seq > after_seq]
         assert log.page(event_query, after_seq, limit) == after[:limit]
-        assert newest(log, event_query, limit) == seqs(expected[len(expected) - limit :])
+        assert newest(log, event_query, limit) == seqs(expected[max(0, len(expected) - limit) :])
         log.close()
