@@ -206,7 +206,9 @@ class Store:
         connection = self._live()
         with self._translated("read"):
             meta = dict(connection.execute("SELECT name, value FROM meta").fetchall())
-            low, high = connection.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+            # Apart: SQLite answers a lone MIN or MAX from the key, a pair by a scan.
+            (low,) = connection.execute("SELECT MIN(seq) FROM events").fetchone()
+            (high,) = connection.execute("SELECT MAX(seq) FROM events").fetchone()
             (lost,) = connection.execute("SELECT MAX(to_seq) FROM losses").fetchone()
             sockets = [
                 (Endpoint.from_dict(json.loads(e)), Owner.from_dict(json.loads(o)))
