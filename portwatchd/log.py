@@ -84,6 +84,7 @@ class EventLog:
         self._dropped: Loss | None = None  # the growing loss of dropped unstored events
         self._loaded = False
         self._started_blind = False  # the store could not be read at start
+        self._written: tuple[int, int, int, str | None] | None = None  # meta last stored
         self._reserved = 0
         self._stored_count = 0
         self._stored_oldest: int | None = None
@@ -117,7 +118,11 @@ class EventLog:
         if self._unstored and state.top_seq >= self._unstored[0].seq:
             # This run could not read the store at start and handed out seqs
             # that the store also holds: keep ours, set the old file aside.
-            self.warnings.append(self._store.move_aside("it holds seqs this run also used"))
+            try:
+                self.warnings.append(self._store.move_aside("it holds seqs this run also used"))
+            except StoreError as error:
+                self.store_error = str(error)
+                return
             self._load()
             return
         self._adopt(state, at_start)
@@ -134,7 +139,8 @@ class EventLog:
         self._stored_count = state.count
         self._stored_oldest = state.oldest_seq
         self._reserved = state.reserved_seq
-        top = max(state.top_seq, self.last_seq, self._journal_last_seq() or 0)
+        self._written = None
+        top = max(state.top_seq, self.last_seq)  # last_seq: the journal's, or minted since
         upto = self._unstored[0].seq - 1 if self._unstored else top
         if upto > state.last_seq:
             self._unstored_losses.append(self._startup_loss(state, upto))
@@ -250,6 +256,11 @@ class EventLog:
             reserve = self.last_seq
         elif self.last_seq > self._reserved:
             reserve = self.last_seq + SEQ_BLOCK
+        meta = (self.last_seq, reserve, self.journaled_seq, self.last_alive)
+        if meta == self._written and not (
+            self._unstored or self._unstored_losses or self._socket_changes
+        ):
+            return  # nothing new: no commit, no fsync
         batch = Batch(
             events=list(self._unstored),
             losses=list(self._unstored_losses),
@@ -267,6 +278,7 @@ class EventLog:
             return
         self.store_error = None
         self._reserved = reserve
+        self._written = meta
         if self._unstored and self._stored_oldest is None:
             self._stored_oldest = self._unstored[0].seq
         self._stored_count += len(self._unstored)

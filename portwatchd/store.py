@@ -114,7 +114,7 @@ class Store:
             try:
                 connection = self._connect()
             except _CorruptError as error:
-                self._warnings.append(self.move_aside(str(error)))
+                self._warnings.append(self._move_aside(str(error)))
                 connection = self._connect()
         try:
             with self._translated("import the 0.1 state into"):
@@ -165,6 +165,10 @@ class Store:
 
     def move_aside(self, reason: str) -> str:
         """Rename events.db (and its -wal, -shm) to events.db.corrupt-<UTC time>."""
+        with self._translated("set aside"):
+            return self._move_aside(reason)
+
+    def _move_aside(self, reason: str) -> str:
         self.close()
         stamp = self._now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         target = f"{self.path}.corrupt-{stamp}"

@@ -116,6 +116,31 @@ def test_events_db_being_a_directory_keeps_events_in_memory_until_it_is_gone(
     assert again.page(ANY, 0, 10) == events and again.sockets() == [(SSH, SSHD)]
 
 
+def test_a_store_that_returns_holding_seqs_this_run_reused_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    filled(tmp_path, 3)  # killed: seqs up to 1003 are reserved
+    (tmp_path / DB_FILE).rename(tmp_path / "away.db")
+    (tmp_path / DB_FILE).mkdir()
+    log = EventLog(
+        Store.open(str(tmp_path), now=lambda: MOMENT),
+        history_size=100,
+        history_max_age_s=None,
+        journal_last_seq=lambda: 3,  # the journal had only what was stored
+    )
+    events = log.append([draft(4)])
+    assert seqs(events) == [4]
+    (tmp_path / DB_FILE).rmdir()
+    (tmp_path / "away.db").rename(tmp_path / DB_FILE)
+    log.heartbeat("2026-11-25T15:00:00.000000Z")
+    assert log.store_error is None
+    moved = tmp_path / "events.db.corrupt-20261130T091502Z"
+    assert any(f"moved it to {moved}" in w and "this run also used" in w for w in log.warnings)
+    assert moved.is_file()
+    assert log.page(ANY, 0, 10) == events
+    assert [(x.from_seq, x.to_seq) for x in log.losses(0, 10)] == [(1, 3)]
+
+
 def test_a_full_disk_keeps_events_and_stores_them_once_there_is_room(tmpfs: Path) -> None:
     state = tmpfs / "state"
     log = open_log(state)
