@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from portwatchd.logstore import Batch, normal_time
+from portwatchd.logstore import Batch, EventFilter, normal_time
 from portwatchd.model import Event, printable_name, rfc3339
 from portwatchd.state import STATE_FILE, State, load_state
 
@@ -77,6 +77,29 @@ def event_row(event: Event, time_reached: str) -> tuple[Any, ...]:
         time_reached,
         to_json(event.to_dict()),
     )
+
+
+def where_clause(wanted: EventFilter, after_seq: int, start: int) -> tuple[str, list[Any]]:
+    """The WHERE clause for events matching `wanted` with seq > after_seq and >= start.
+
+    Only the seq primary key walks the table (`+time` keeps the planner off
+    the time index): a page costs what it skips and returns, never a sort
+    of the whole history. `start` is the first seq whose time_reached is
+    at `since` or later: no event before it can match.
+    """
+    clauses = ["seq > ?", "seq >= ?"]
+    params: list[Any] = [after_seq, start]
+    for column, value in (
+        ("+time >=", wanted.since),
+        ("+time <=", wanted.until),
+        ("type =", wanted.type),
+        ("proto =", wanted.proto),
+        ("port =", wanted.port),
+    ):
+        if value is not None:
+            clauses.append(f"{column} ?")
+            params.append(value)
+    return " AND ".join(clauses), params
 
 
 def truncation(connection: sqlite3.Connection, path: str) -> str | None:

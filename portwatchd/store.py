@@ -336,14 +336,8 @@ class Store:
     # -- the read side ---------------------------------------------------------
 
     def _where(self, wanted: EventFilter, after_seq: int) -> tuple[str, list[Any]] | None:
-        """The WHERE clause of a query, None when nothing can match.
-
-        Only the seq primary key is used to walk the table (`+time` keeps
-        the planner off the time index): a page costs what it skips and
-        returns, never a sort of the whole history.
-        """
-        clauses: list[str] = ["seq > ?"]
-        params: list[Any] = [after_seq]
+        """The WHERE clause of a query, None when nothing can match."""
+        start = 0
         if wanted.since is not None:
             row = (
                 self._live()
@@ -356,18 +350,8 @@ class Store:
             )
             if row is None:
                 return None
-            clauses += ["seq >= ?", "+time >= ?"]
-            params += [row[0], wanted.since]
-        for column, value in (
-            ("+time <=", wanted.until),
-            ("type =", wanted.type),
-            ("proto =", wanted.proto),
-            ("port =", wanted.port),
-        ):
-            if value is not None:
-                clauses.append(f"{column} ?")
-                params.append(value)
-        return " AND ".join(clauses), params
+            start = row[0]
+        return migrate.where_clause(wanted, after_seq, start)
 
     def page(self, wanted: EventFilter, after_seq: int, limit: int) -> list[Event]:
         with self._translated("read"):
