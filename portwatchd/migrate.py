@@ -41,6 +41,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_time ON events (time);
 CREATE INDEX events_time_reached ON events (time_reached);
+CREATE INDEX events_port ON events (port);
 CREATE TABLE sockets (
     key TEXT NOT NULL,
     inode INTEGER NOT NULL,
@@ -82,13 +83,15 @@ def event_row(event: Event, time_reached: str) -> tuple[Any, ...]:
 def where_clause(wanted: EventFilter, after_seq: int, start: int) -> tuple[str, list[Any]]:
     """The WHERE clause for events matching `wanted` with seq > after_seq and >= start.
 
-    Only the seq primary key walks the table (`+time` keeps the planner off
-    the time index): a page costs what it skips and returns, never a sort
-    of the whole history. `start` is the first seq whose time_reached is
+    The seq primary key walks the table, or for a port the port index (whose
+    entries are in seq order for one port); `+time` keeps the planner off
+    the time index. A page costs what it skips and returns, never a sort of
+    the whole history. `start` is the first seq whose time_reached is
     at `since` or later: no event before it can match.
     """
-    clauses = ["seq > ?", "seq >= ?"]
-    params: list[Any] = [after_seq, start]
+    # One lower bound: SQLite walks the key from one bound and only filters by another.
+    clauses = ["seq > ?"]
+    params: list[Any] = [max(after_seq, start - 1)]
     for column, value in (
         ("+time >=", wanted.since),
         ("+time <=", wanted.until),
