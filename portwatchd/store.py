@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from portwatchd import migrate
+from portwatchd import migrate, storefile
 from portwatchd.logstore import (
     Batch,
     EventFilter,
@@ -32,19 +32,12 @@ from portwatchd.logstore import (
     StoreError,
     normal_time,
 )
-from portwatchd.model import Endpoint, Event, Loss, Owner, printable_name
+from portwatchd.model import Endpoint, Event, Loss, Owner
 from portwatchd.state import STATE_FILE
 
 __all__ = ["DB_FILE", "Store", "StoreError"]
 
 DB_FILE = "events.db"
-_CORRUPT = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
-_HINTS = {
-    "SQLITE_FULL": "free space on its file system",
-    "SQLITE_READONLY": "make it and its directory writable for portwatchd",
-    "SQLITE_CANTOPEN": "check that it is a file portwatchd can create and write",
-    "SQLITE_IOERR": "check the disk (dmesg)",
-}
 _EVENT_INSERT = (
     "INSERT OR IGNORE INTO events"
     " (seq, id, type, time, key, proto, port, detected, time_reached, json)"
@@ -55,10 +48,6 @@ _META_SET = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class _CorruptError(Exception):
-    pass
 
 
 class Store:
@@ -88,23 +77,12 @@ class Store:
 
     # -- opening ---------------------------------------------------------------
 
-    def _error(self, doing: str, error: BaseException) -> StoreError:
-        if isinstance(error, sqlite3.Error):
-            name = getattr(error, "sqlite_errorname", "") or ""
-            hint = next((h for code, h in _HINTS.items() if name.startswith(code)), "")
-            reason = str(error) + (f"; {hint}" if hint else "")
-        elif isinstance(error, OSError):
-            reason = error.strerror or str(error)
-        else:
-            reason = str(error)
-        return StoreError(f"cannot {doing} {self.path}: {reason}")
-
     @contextlib.contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
         try:
             yield
         except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as error:
-            raise self._error(doing, error) from None
+            raise StoreError(f"cannot {doing} {self.path}: {storefile.describe(error)}") from None
 
     def _open(self) -> sqlite3.Connection:
         if self._connection is not None:
@@ -112,11 +90,13 @@ class Store:
         with self._translated("open"):
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
             try:
-                connection = self._connect()
-            except _CorruptError as error:
+                connection, self._fresh = storefile.connect(self.path)
+            except storefile.CorruptError as error:
                 self._warnings.append(self._move_aside(str(error)))
-                connection = self._connect()
+                connection, self._fresh = storefile.connect(self.path)
         try:
+            with self._translated("read"):
+                self._read_tail(connection)
             with self._translated("import the 0.1 state into"):
                 self._import_state_json(connection)
         except StoreError:
@@ -125,37 +105,7 @@ class Store:
         self._connection = connection
         return connection
 
-    def _connect(self) -> sqlite3.Connection:
-        """Connect, check the file, create the schema; _CorruptError for a bad file."""
-        if os.path.isdir(self.path):
-            raise IsADirectoryError(21, f"{self.path} is a directory")
-        connection = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            empty = migrate.check_schema(connection)
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = FULL")
-            if empty:
-                migrate.create_schema(connection)
-            self._fresh = empty
-            truncated = migrate.truncation(connection, self.path)
-            if truncated:
-                raise _CorruptError(truncated)
-            self._read_tail(connection)
-        except migrate.WrongSchemaError as error:
-            connection.close()
-            raise _CorruptError(str(error)) from None
-        except sqlite3.DatabaseError as error:
-            connection.close()
-            if getattr(error, "sqlite_errorname", "") in _CORRUPT:
-                raise _CorruptError(str(error)) from None
-            raise
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
     def _read_tail(self, connection: sqlite3.Connection) -> None:
-        """Read what every later write builds on; a damaged file shows here."""
         row = connection.execute(
             "SELECT time_reached FROM events ORDER BY seq DESC LIMIT 1"
         ).fetchone()
@@ -170,16 +120,7 @@ class Store:
 
     def _move_aside(self, reason: str) -> str:
         self.close()
-        stamp = self._now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = f"{self.path}.corrupt-{stamp}"
-        counter = 1
-        while os.path.lexists(target):
-            counter += 1
-            target = f"{self.path}.corrupt-{stamp}.{counter}"
-        os.rename(self.path, target)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.path + suffix, target + suffix)
+        target = storefile.set_aside(self.path, self._now())
         return (
             f"{self.path} could not be used ({reason}); moved it to {target} and started"
             " a new history; seqs continue above the last one journaled"
@@ -248,7 +189,7 @@ class Store:
         rows = []
         for event in batch.events:
             reached = max(reached, normal_time(event.time))
-            rows.append(migrate.event_row(event, reached))
+            rows.append(storefile.event_row(event, reached))
         meta = {
             "last_seq": batch.last_seq,
             "reserved_seq": batch.reserved_seq,
@@ -263,7 +204,7 @@ class Store:
                 "INSERT INTO losses (from_seq, to_seq, time, reason) VALUES (?, ?, ?, ?)",
                 [(x.from_seq, x.to_seq, x.time, x.reason) for x in batch.losses],
             )
-            self._write_sockets(connection, batch)
+            storefile.write_sockets(connection, batch)
             meta["event_count"] = self._count + added
             connection.executemany(_META_SET, list(meta.items()))
             connection.execute("COMMIT")
@@ -274,28 +215,12 @@ class Store:
         self._count += added
         self._time_reached = reached
 
-    @staticmethod
-    def _write_sockets(connection: sqlite3.Connection, batch: Batch) -> None:
-        if batch.replace_sockets:
-            connection.execute("DELETE FROM sockets")
-        gone = [(printable_name(k), i) for (k, i), v in batch.sockets.items() if v is None]
-        held = [
-            (printable_name(k), i, migrate.to_json(v[0].to_dict()), migrate.to_json(v[1].to_dict()))
-            for (k, i), v in batch.sockets.items()
-            if v is not None
-        ]
-        connection.executemany("DELETE FROM sockets WHERE key = ? AND inode = ?", gone)
-        connection.executemany(
-            "INSERT OR REPLACE INTO sockets (key, inode, endpoint, owner) VALUES (?, ?, ?, ?)",
-            held,
-        )
-
     def prune(self, keep: int, before: str | None, max_rows: int) -> PruneResult:
         connection = self._live()
         with self._translated("prune"):
             connection.execute("BEGIN IMMEDIATE")
             try:
-                deleted = self._prune(connection, keep, before, max_rows)
+                deleted = storefile.prune_rows(connection, self._count - keep, before, max_rows)
                 (oldest,) = connection.execute("SELECT MIN(seq) FROM events").fetchone()
                 if oldest is not None:
                     connection.execute("DELETE FROM losses WHERE to_seq < ?", (oldest,))
@@ -307,25 +232,6 @@ class Store:
                 raise
         self._count -= deleted
         return PruneResult(deleted, self._count, oldest, more=deleted >= max_rows > 0)
-
-    def _prune(
-        self, connection: sqlite3.Connection, keep: int, before: str | None, max_rows: int
-    ) -> int:
-        deleted = 0
-        excess = min(self._count - keep, max_rows)
-        if excess > 0:
-            deleted += connection.execute(
-                "DELETE FROM events WHERE seq <="
-                " (SELECT seq FROM events ORDER BY seq LIMIT 1 OFFSET ?)",
-                (excess - 1,),
-            ).rowcount
-        if before is not None and deleted < max_rows:
-            deleted += connection.execute(
-                "DELETE FROM events WHERE seq IN"
-                " (SELECT seq FROM events WHERE time < ? ORDER BY time LIMIT ?)",
-                (before, max_rows - deleted),
-            ).rowcount
-        return deleted
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -351,7 +257,7 @@ class Store:
             if row is None:
                 return None
             start = row[0]
-        return migrate.where_clause(wanted, after_seq, start)
+        return storefile.where_clause(wanted, after_seq, start)
 
     def page(self, wanted: EventFilter, after_seq: int, limit: int) -> list[Event]:
         with self._translated("read"):
