@@ -24,12 +24,11 @@ Only the loop thread calls it.
 from __future__ import annotations
 
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
-from portwatchd.logstore import Batch, EventFilter, EventStore, SocketId, StoredState, StoreError
+from portwatchd.logstore import EventFilter, EventStore, StoredState, StoreError, Unstored
 from portwatchd.model import Endpoint, Event, EventDraft, Loss, Owner, rfc3339
 
 if TYPE_CHECKING:
@@ -46,10 +45,6 @@ T = TypeVar("T")
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _socket_id(endpoint: Endpoint) -> SocketId:
-    return (endpoint.key, endpoint.inode)
 
 
 class EventLog:
@@ -72,16 +67,9 @@ class EventLog:
         self.history_size = history_size
         self.history_max_age_s = history_max_age_s
         self._make_id = make_id
-        self._journal_last_seq = journal_last_seq
         self._clock = clock
-        self._max_unstored = max_unstored
         self._subscribers: list[Subscriber] = []
-        # Written to the store by the next write that works, in this order.
-        self._unstored: deque[Event] = deque()
-        self._unstored_losses: list[Loss] = []
-        self._socket_changes: dict[SocketId, tuple[Endpoint, Owner] | None] = {}
-        self._replace_sockets = False
-        self._dropped: Loss | None = None  # the growing loss of dropped unstored events
+        self._unstored = Unstored(max_unstored)  # written by the next write that works
         self._loaded = False
         self._started_blind = False  # the store could not be read at start
         self._written: tuple[int, int, int, str | None] | None = None  # meta last stored
@@ -93,7 +81,7 @@ class EventLog:
         self.store_error: str | None = None
         self.is_new = True
         self.last_alive: str | None = None
-        self.last_seq = self._journal_last_seq() or 0
+        self.last_seq = journal_last_seq() or 0
         self.journaled_seq = 0
         self._load(at_start=True)
         self._flush()
@@ -115,7 +103,8 @@ class EventLog:
                 )
             return
         self.warnings.extend(self._store.take_warnings())
-        if self._unstored and state.top_seq >= self._unstored[0].seq:
+        first = self._unstored.first_seq
+        if first is not None and state.top_seq >= first:
             # This run could not read the store at start and handed out seqs
             # that the store also holds: keep ours, set the old file aside.
             try:
@@ -129,8 +118,7 @@ class EventLog:
 
     def _adopt(self, state: StoredState, at_start: bool) -> None:
         self._loaded = True
-        # Started blind, the changes since are every socket there is.
-        self._replace_sockets = self._started_blind
+        self._unstored.replace_sockets = self._started_blind
         if at_start:
             self.is_new = state.fresh
             self._saved_sockets = list(state.sockets)
@@ -141,9 +129,10 @@ class EventLog:
         self._reserved = state.reserved_seq
         self._written = None
         top = max(state.top_seq, self.last_seq)  # last_seq: the journal's, or minted since
-        upto = self._unstored[0].seq - 1 if self._unstored else top
+        first = self._unstored.first_seq
+        upto = first - 1 if first is not None else top
         if upto > state.last_seq:
-            self._unstored_losses.append(self._startup_loss(state, upto))
+            self._unstored.losses.append(self._startup_loss(state, upto))
         self.last_seq = top
 
     def _startup_loss(self, state: StoredState, upto: int) -> Loss:
@@ -174,8 +163,12 @@ class EventLog:
         added: Sequence[tuple[Endpoint, Owner]] = (),
         removed: Sequence[Endpoint] = (),
     ) -> list[Event]:
-        """Mint, store (one transaction), notify; the events, in seq order. Never raises
-        for a storage failure (see `store_error`)."""
+        """Mint, store (one transaction), notify; the events, in seq order.
+
+        Never raises for a storage failure: see `store_error`. While the
+        store fails, appends only queue (their cost stays the batch's);
+        `heartbeat` retries.
+        """
         events = []
         for draft in drafts:
             self.last_seq += 1
@@ -191,13 +184,14 @@ class EventLog:
                     down_since=draft.down_since,
                 )
             )
-        for endpoint in removed:
-            self._socket_changes[_socket_id(endpoint)] = None
-        for endpoint, owner in added:
-            self._socket_changes[_socket_id(endpoint)] = (endpoint, owner)
-        self._unstored.extend(events)
-        self._flush()
-        dropped = self._drop_beyond_bound()
+        self._unstored.change_sockets(added, removed)
+        self._unstored.events.extend(events)
+        self._flush(retry=False)
+        dropped = self._unstored.drop_beyond_bound(
+            f"the event store failed ({self.store_error}) while more than"
+            f" {self._unstored.bound} events waited to be stored; the oldest were dropped",
+            rfc3339(self._clock()),
+        )
         items: list[Event | Loss] = [*dropped, *events]
         if items:
             self._notify(items)
@@ -209,8 +203,8 @@ class EventLog:
             raise ValueError(f"a loss from seq {from_seq} to {to_seq} is empty")
         loss = Loss(from_seq, to_seq, time, reason)
         self.last_seq = max(self.last_seq, to_seq)
-        self._unstored_losses.append(loss)
-        self._flush()
+        self._unstored.losses.append(loss)
+        self._flush(retry=False)
         self._notify([loss])
         return loss
 
@@ -218,10 +212,10 @@ class EventLog:
         """Every event up to `seq` is in the journal."""
         if seq > self.journaled_seq:
             self.journaled_seq = min(seq, self.last_seq)
-            self._flush()
+            self._flush(retry=False)
 
     def heartbeat(self, time: str) -> None:
-        """Record that portwatchd is alive; also retries a failed store."""
+        """Record that portwatchd is alive; retries a failed store."""
         self.last_alive = time
         self._flush()
 
@@ -230,7 +224,7 @@ class EventLog:
         before = None
         if self.history_max_age_s is not None:
             before = rfc3339(now - timedelta(seconds=self.history_max_age_s))
-        if not self._loaded:
+        if not self._loaded or self.store_error is not None:
             return False
         try:
             result = self._store.prune(self.history_size, before, max_rows)
@@ -246,7 +240,11 @@ class EventLog:
         self._flush(shrink=True)
         self._store.close()
 
-    def _flush(self, shrink: bool = False) -> None:
+    def _flush(self, *, shrink: bool = False, retry: bool = True) -> None:
+        """Write what waits, in one transaction. A failing store is tried again only
+        when `retry`: an outage then costs each append its own batch, not the backlog."""
+        if self.store_error is not None and not retry:
+            return
         if not self._loaded:
             self._load()
             if not self._loaded:
@@ -257,70 +255,34 @@ class EventLog:
         elif self.last_seq > self._reserved:
             reserve = self.last_seq + SEQ_BLOCK
         meta = (self.last_seq, reserve, self.journaled_seq, self.last_alive)
-        if meta == self._written and not (
-            self._unstored or self._unstored_losses or self._socket_changes
-        ):
+        if meta == self._written and not self._unstored:
             return  # nothing new: no commit, no fsync
-        batch = Batch(
-            events=list(self._unstored),
-            losses=list(self._unstored_losses),
-            sockets=dict(self._socket_changes),
-            replace_sockets=self._replace_sockets,
-            last_seq=self.last_seq,
-            reserved_seq=reserve,
-            journaled_seq=self.journaled_seq,
-            last_alive=self.last_alive,
-        )
         try:
-            self._store.write(batch)
+            self._store.write(self._unstored.batch(*meta))
         except StoreError as error:
             self.store_error = str(error)
             return
         self.store_error = None
         self._reserved = reserve
         self._written = meta
-        if self._unstored and self._stored_oldest is None:
-            self._stored_oldest = self._unstored[0].seq
-        self._stored_count += len(self._unstored)
+        first = self._unstored.first_seq
+        if first is not None and self._stored_oldest is None:
+            self._stored_oldest = first
+        self._stored_count += len(self._unstored.events)
         self._unstored.clear()
-        self._unstored_losses.clear()
-        self._socket_changes.clear()
-        self._replace_sockets = False
-        self._dropped = None
-
-    def _drop_beyond_bound(self) -> list[Loss]:
-        """Past `max_unstored` waiting events, drop the oldest; the Loss of this drop."""
-        excess = len(self._unstored) - self._max_unstored
-        if excess <= 0:
-            return []
-        first = self._unstored[0].seq
-        for _ in range(excess):
-            last = self._unstored.popleft().seq
-        reason = (
-            f"the event store failed ({self.store_error}) while more than"
-            f" {self._max_unstored} events waited to be stored; the oldest were dropped"
-        )
-        now = rfc3339(self._clock())
-        if self._dropped is not None and self._dropped.to_seq + 1 == first:
-            self._unstored_losses.remove(self._dropped)
-            self._dropped = Loss(self._dropped.from_seq, last, now, reason)
-        else:
-            self._dropped = Loss(first, last, now, reason)
-        self._unstored_losses.append(self._dropped)
-        return [Loss(first, last, now, reason)]
 
     # -- the read side ---------------------------------------------------------
 
     @property
     def count(self) -> int:
         """Events held, stored or waiting to be."""
-        return self._stored_count + len(self._unstored)
+        return self._stored_count + len(self._unstored.events)
 
     @property
     def oldest_seq(self) -> int | None:
         if self._stored_oldest is not None:
             return self._stored_oldest
-        return self._unstored[0].seq if self._unstored else None
+        return self._unstored.first_seq
 
     def page(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:
         """Oldest first: the first `limit` matches of `query` with seq > after_seq.
@@ -335,15 +297,10 @@ class EventLog:
         if limit == 0:
             return []
         found: list[Event] = []
-        unstored_from = self._unstored[0].seq if self._unstored else self.last_seq + 1
-        if self._loaded and after_seq < unstored_from - 1:
+        first_unstored = self._unstored.first_seq or self.last_seq + 1
+        if self._loaded and after_seq < first_unstored - 1:
             found = self._read(lambda: self._store.page(wanted, after_seq, limit), [])
-        for event in self._unstored:
-            if len(found) >= limit:
-                break
-            if event.seq > after_seq and wanted.matches(event):
-                found.append(event)
-        return found
+        return found + self._unstored.page(wanted, after_seq, limit - len(found))
 
     def newest_start(self, query: EventQuery, count: int) -> int:
         """The after_seq from which page(query, after_seq, count) is the `count` newest matches."""
@@ -352,13 +309,8 @@ class EventLog:
         wanted = EventFilter.of(query)
         if count == 0:
             return self.last_seq
-        for event in reversed(self._unstored):
-            if wanted.matches(event):
-                count -= 1
-                if count == 0:
-                    return event.seq - 1
-        seq = None
-        if self._loaded:
+        seq, count = self._unstored.newest(wanted, count)
+        if seq is None and self._loaded:
             seq = self._read(lambda: self._store.newest_match(wanted, count - 1), None)
         return seq - 1 if seq is not None else 0
 
@@ -367,11 +319,7 @@ class EventLog:
         found: list[Loss] = []
         if self._loaded:
             found = self._read(lambda: self._store.losses(after_seq, upto_seq), [])
-        found += [
-            loss
-            for loss in self._unstored_losses
-            if loss.from_seq <= upto_seq and loss.to_seq > after_seq
-        ]
+        found += self._unstored.losses_between(after_seq, upto_seq)
         return sorted(found, key=lambda loss: (loss.from_seq, loss.to_seq))
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:

@@ -6,6 +6,7 @@ the file system, and `store.py` (the adapter) implements `EventStore`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,3 +152,94 @@ class EventStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Unstored:
+    """What the log handed out and the store does not hold yet, oldest first.
+
+    While the store fails, events wait here (at most `bound`; past that the
+    oldest are dropped and a Loss records them); readers see them through
+    `page` and `newest`. Every seq here is above every stored one.
+    """
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.events: deque[Event] = deque()
+        self.losses: list[Loss] = []
+        self.sockets: dict[SocketId, tuple[Endpoint, Owner] | None] = {}
+        self.replace_sockets = False  # the socket changes are every socket there is
+        self._dropped: Loss | None = None  # the growing loss of dropped events
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.losses or self.sockets)
+
+    @property
+    def first_seq(self) -> int | None:
+        return self.events[0].seq if self.events else None
+
+    def change_sockets(
+        self, added: Sequence[tuple[Endpoint, Owner]], removed: Sequence[Endpoint]
+    ) -> None:
+        for endpoint in removed:
+            self.sockets[(endpoint.key, endpoint.inode)] = None
+        for endpoint, owner in added:
+            self.sockets[(endpoint.key, endpoint.inode)] = (endpoint, owner)
+
+    def batch(
+        self, last_seq: int, reserved_seq: int, journaled_seq: int, alive: str | None
+    ) -> Batch:
+        return Batch(
+            events=list(self.events),
+            losses=list(self.losses),
+            sockets=dict(self.sockets),
+            replace_sockets=self.replace_sockets,
+            last_seq=last_seq,
+            reserved_seq=reserved_seq,
+            journaled_seq=journaled_seq,
+            last_alive=alive,
+        )
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.losses.clear()
+        self.sockets.clear()
+        self.replace_sockets = False
+        self._dropped = None
+
+    def drop_beyond_bound(self, reason: str, time: str) -> list[Loss]:
+        """Drop the oldest events past the bound; the Loss of this drop, for subscribers."""
+        excess = len(self.events) - self.bound
+        if excess <= 0:
+            return []
+        first = last = self.events[0].seq
+        for _ in range(excess):
+            last = self.events.popleft().seq
+        if self._dropped is not None and self._dropped.to_seq + 1 == first:
+            # One outage, one growing loss in the store.
+            self.losses.remove(self._dropped)
+            self._dropped = Loss(self._dropped.from_seq, last, time, reason)
+        else:
+            self._dropped = Loss(first, last, time, reason)
+        self.losses.append(self._dropped)
+        return [Loss(first, last, time, reason)]
+
+    def page(self, wanted: EventFilter, after_seq: int, limit: int) -> list[Event]:
+        found: list[Event] = []
+        for event in self.events:
+            if len(found) >= limit:
+                break
+            if event.seq > after_seq and wanted.matches(event):
+                found.append(event)
+        return found
+
+    def newest(self, wanted: EventFilter, count: int) -> tuple[int | None, int]:
+        """(seq of the count-th newest match, 0), or (None, how many more to find)."""
+        for event in reversed(self.events):
+            if wanted.matches(event):
+                count -= 1
+                if count == 0:
+                    return event.seq, 0
+        return None, count
+
+    def losses_between(self, after_seq: int, upto_seq: int) -> list[Loss]:
+        return [x for x in self.losses if x.from_seq <= upto_seq and x.to_seq > after_seq]
