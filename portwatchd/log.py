@@ -47,7 +47,76 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class EventLog:
+class _ReadSide:
+    """The read side of the log (control handlers, journal writer, metrics): stored
+    events by SQL through the store, then those still waiting in memory."""
+
+    _store: EventStore
+    _unstored: Unstored
+    _loaded: bool
+    _stored_count: int
+    _stored_oldest: int | None
+    last_seq: int
+    store_error: str | None
+
+    @property
+    def count(self) -> int:
+        """Events held, stored or waiting to be."""
+        return self._stored_count + len(self._unstored.events)
+
+    @property
+    def oldest_seq(self) -> int | None:
+        if self._stored_oldest is not None:
+            return self._stored_oldest
+        return self._unstored.first_seq
+
+    def page(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:
+        """Oldest first: the first `limit` matches of `query` with seq > after_seq.
+
+        Matching: type, proto, port, since (time >= since) and until (time <=
+        until) of `query`; its own after_seq and limit are the caller's to
+        pass. ValueError for a since/until that is not a timestamp.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        wanted = EventFilter.of(query)
+        if limit == 0:
+            return []
+        found: list[Event] = []
+        first_unstored = self._unstored.first_seq or self.last_seq + 1
+        if self._loaded and after_seq < first_unstored - 1:
+            found = self._read(lambda: self._store.page(wanted, after_seq, limit), [])
+        return found + self._unstored.page(wanted, after_seq, limit - len(found))
+
+    def newest_start(self, query: EventQuery, count: int) -> int:
+        """The after_seq from which page(query, after_seq, count) is the `count` newest matches."""
+        if count < 0:
+            raise ValueError(f"count must not be negative, got {count}")
+        wanted = EventFilter.of(query)
+        if count == 0:
+            return self.last_seq
+        seq, count = self._unstored.newest(wanted, count)
+        if seq is None and self._loaded:
+            seq = self._read(lambda: self._store.newest_match(wanted, count - 1), None)
+        return seq - 1 if seq is not None else 0
+
+    def losses(self, after_seq: int, upto_seq: int) -> list[Loss]:
+        """The losses overlapping (after_seq, upto_seq], by their first seq."""
+        found: list[Loss] = []
+        if self._loaded:
+            found = self._read(lambda: self._store.losses(after_seq, upto_seq), [])
+        found += self._unstored.losses_between(after_seq, upto_seq)
+        return sorted(found, key=lambda loss: (loss.from_seq, loss.to_seq))
+
+    def _read(self, read: Callable[[], T], fallback: T) -> T:
+        try:
+            return read()
+        except StoreError as error:
+            self.store_error = str(error)
+            return fallback
+
+
+class EventLog(_ReadSide):
     """The history: write side for the engine, read side for control and outputs."""
 
     def __init__(
@@ -271,57 +340,6 @@ class EventLog:
         self._stored_count += len(self._unstored.events)
         self._unstored.clear()
 
-    # -- the read side ---------------------------------------------------------
-
-    @property
-    def count(self) -> int:
-        """Events held, stored or waiting to be."""
-        return self._stored_count + len(self._unstored.events)
-
-    @property
-    def oldest_seq(self) -> int | None:
-        if self._stored_oldest is not None:
-            return self._stored_oldest
-        return self._unstored.first_seq
-
-    def page(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:
-        """Oldest first: the first `limit` matches of `query` with seq > after_seq.
-
-        Matching: type, proto, port, since (time >= since) and until (time <=
-        until) of `query`; its own after_seq and limit are the caller's to
-        pass. ValueError for a since/until that is not a timestamp.
-        """
-        if limit < 0:
-            raise ValueError(f"limit must not be negative, got {limit}")
-        wanted = EventFilter.of(query)
-        if limit == 0:
-            return []
-        found: list[Event] = []
-        first_unstored = self._unstored.first_seq or self.last_seq + 1
-        if self._loaded and after_seq < first_unstored - 1:
-            found = self._read(lambda: self._store.page(wanted, after_seq, limit), [])
-        return found + self._unstored.page(wanted, after_seq, limit - len(found))
-
-    def newest_start(self, query: EventQuery, count: int) -> int:
-        """The after_seq from which page(query, after_seq, count) is the `count` newest matches."""
-        if count < 0:
-            raise ValueError(f"count must not be negative, got {count}")
-        wanted = EventFilter.of(query)
-        if count == 0:
-            return self.last_seq
-        seq, count = self._unstored.newest(wanted, count)
-        if seq is None and self._loaded:
-            seq = self._read(lambda: self._store.newest_match(wanted, count - 1), None)
-        return seq - 1 if seq is not None else 0
-
-    def losses(self, after_seq: int, upto_seq: int) -> list[Loss]:
-        """The losses overlapping (after_seq, upto_seq], by their first seq."""
-        found: list[Loss] = []
-        if self._loaded:
-            found = self._read(lambda: self._store.losses(after_seq, upto_seq), [])
-        found += self._unstored.losses_between(after_seq, upto_seq)
-        return sorted(found, key=lambda loss: (loss.from_seq, loss.to_seq))
-
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call `callback` with each append's events (and losses), in seq order."""
         self._subscribers.append(callback)
@@ -335,10 +353,3 @@ class EventLog:
     def _notify(self, items: list[Event | Loss]) -> None:
         for callback in list(self._subscribers):
             callback(items)
-
-    def _read(self, read: Callable[[], T], fallback: T) -> T:
-        try:
-            return read()
-        except StoreError as error:
-            self.store_error = str(error)
-            return fallback
