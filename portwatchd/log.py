@@ -9,8 +9,8 @@ given to it, and so is the clock.
 A store that fails never makes the log fail. The events keep their seqs,
 wait in memory (at most `max_unstored`; past that the oldest are dropped
 and a Loss says so), are readable through `page` meanwhile, and are
-written, in order, by the first write that works again. `store_error` says
-what is wrong in between.
+written, in order, once a write works again (`heartbeat` retries a failing
+store). `store_error` says what is wrong in between.
 
 Seqs are reserved ahead in the store (`SEQ_BLOCK` at a time, in the same
 transaction as the events that need them). A run that ends without
