@@ -75,9 +75,19 @@ def test_the_schema_is_what_the_readme_documents(tmp_path: Path) -> None:
     meta = dict(sql(tmp_path, "SELECT name, value FROM meta"))
     assert meta["last_seq"] == meta["reserved_seq"] == 2
     assert sql(tmp_path, "PRAGMA journal_mode") == [("wal",)]
-    # The command line the README shows works on it.
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="needs the sqlite3 command")
+def test_the_sqlite3_command_reads_it_while_the_log_holds_it_open(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append([draft(1), draft(2, "closed", "udp", 53)])
     shown = subprocess.run(
-        ["sqlite3", str(tmp_path / DB_FILE), "select seq, type, key from events where port = 53"],
+        [
+            "sqlite3",
+            "-readonly",
+            str(tmp_path / DB_FILE),
+            "select seq, type, key from events where port = 53",
+        ],
         capture_output=True,
         text=True,
         check=True,
