@@ -23,10 +23,12 @@ from bench.load import LoadError
 from bench.netns import NetnsError, enter_private_netns
 from bench.scan import SECTION as SCAN_SECTION
 from bench.section import Check, Section
+from bench.store import SECTION as STORE_SECTION
 from portwatchd.sources.base import ScanError
 
 SECTIONS: dict[str, Section] = {
-    section.name: section for section in (SCAN_SECTION, DAEMON_SECTION, CONTROL_SECTION)
+    section.name: section
+    for section in (SCAN_SECTION, DAEMON_SECTION, CONTROL_SECTION, STORE_SECTION)
 }
 
 EXIT_PASSED = 0
