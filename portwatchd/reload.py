@@ -99,7 +99,8 @@ class Reloader:
             runner.engine.owners_enabled = new.owners
             return replace(running, owners=new.owners), None
         if part == "history":
-            runner.log.set_retention(new.history_size, new.history_max_age_s)
+            runner.log.history_size = new.history_size
+            runner.log.history_max_age_s = new.history_max_age_s
             return replace(
                 running, history_size=new.history_size, history_max_age_s=new.history_max_age_s
             ), None

@@ -110,12 +110,13 @@ def test_opened_then_closed_with_the_owner_it_had(netns: None, tmp_path: Path) -
     engine = new_engine(log)
     engine.step()
     sock = listen()
+    key = key_of(sock)
     engine.step()
     sock.close()
     engine.step()
     opened, closed = events_of(log)
-    assert (opened.type, opened.key, opened.owner.pid) == ("opened", key_of(sock), os.getpid())
-    assert (closed.type, closed.key, closed.owner.pid) == ("closed", key_of(sock), os.getpid())
+    assert (opened.type, opened.key, opened.owner.pid) == ("opened", key, os.getpid())
+    assert (closed.type, closed.key, closed.owner.pid) == ("closed", key, os.getpid())
     assert closed.seq == opened.seq + 1
     assert engine.ports() == []
 
@@ -181,13 +182,14 @@ def test_changes_while_stopped_are_startup_events_dated_by_the_last_run(
     log.heartbeat("2026-11-30T10:00:00.000000Z")
     engine.close()
     log.close()
+    before_key = key_of(before)
     before.close()
     after = listen()
     log = open_log(tmp_path)
     engine = new_engine(log)
     engine.step()
     events = {(event.type, event.key): event for event in events_of(log)}
-    closed = events[("closed", key_of(before))]
+    closed = events[("closed", before_key)]
     opened = events[("opened", key_of(after))]
     assert closed.owner.pid == os.getpid()  # the owner saved with the socket
     assert {closed.detected, opened.detected} == {"startup"}
@@ -226,15 +228,19 @@ def test_a_pass_waits_for_its_owners_without_blocking_and_in_order(
     assert engine.step()
     assert engine.waiting_since is not None
     assert events_of(log) == []  # nothing is reported before its owner is looked for
-    sock.close()
     assert not engine.step()  # the next pass waits for this one's continuation
+    assert len(lookup.jobs) == 1
     lookup.finish()
     assert engine.waiting_since is None
     [opened] = events_of(log)
     assert (opened.type, opened.owner.pid) == ("opened", os.getpid())
+    sock.close()
     engine.step()
     lookup.finish()
-    assert [event.type for event in events_of(log)] == ["opened", "closed"]
+    assert [(event.type, event.owner.pid) for event in events_of(log)] == [
+        ("opened", os.getpid()),
+        ("closed", os.getpid()),
+    ]
 
 
 def test_ignored_sockets_make_no_events_but_are_still_watched(netns: None, tmp_path: Path) -> None:

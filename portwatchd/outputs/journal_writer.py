@@ -70,6 +70,7 @@ class JournalWriter:
         self._cursor = log.journaled_seq  # the newest seq handed to the worker
         self._wakeup = threading.Condition()
         self._stopping = False
+        self._stopped = threading.Event()  # set by close(): retries give up
         # Written by the worker, read by the loop: plain values, read whole.
         self._confirmed = log.journaled_seq
         self._confirm_scheduled = False
@@ -137,6 +138,7 @@ class JournalWriter:
             while self._items and self._monotonic() < deadline:
                 self._wakeup.wait(0.05)
             self._stopping = True
+            self._stopped.set()
             self._wakeup.notify()
         self._thread.join(max(0.0, deadline - self._monotonic()))
         self._mark_confirmed()
@@ -194,9 +196,9 @@ class JournalWriter:
             except OSError as err:
                 self.errors_total += 1
                 self._error = f"cannot write to the journal: {err}"
-                if self._stopping:
+                # Woken early by close(): a stopping writer sends no more.
+                if self._stopped.wait(delay):
                     return False
-                time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             except ValueError as err:
