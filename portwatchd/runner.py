@@ -31,6 +31,7 @@ from portwatchd.reactor import Reactor
 from portwatchd.reload import Reloader
 
 HEARTBEAT_S = 30.0
+STORE_RETRY_S = 5.0
 PRUNE_EVERY_S = 1.0
 LOOKUP_STUCK_S = 10.0
 JOURNAL_FLUSH_AT_STOP_S = 2.0
@@ -83,6 +84,7 @@ class Runner:
         # Events per minute over the last hour, as [minute, count]: 61 entries at most.
         self._recent: deque[list[int]] = deque()
         self._last_status_line = ""
+        self._store_error_said: str | None = None
         log.subscribe(self._appended)
 
     # -- the signal side: record and wake -----------------------------------
@@ -106,6 +108,9 @@ class Runner:
 
     def run(self, control: Control) -> int:
         """Run until asked to stop; returns the exit status."""
+        for loss in self.log.losses(self.log.journaled_seq, self.log.last_seq):
+            self.writer.loss(loss)  # found at start: no subscriber heard of it
+        self.writer.feed()  # what the last run did not get journaled
         self.engine.step()
         while self.engine.waiting_since is not None and not self._stop:
             self._turn(0.1)  # the first pass's owners: the baseline names them
@@ -166,15 +171,33 @@ class Runner:
     def _housekeeping(self) -> None:
         now = self._monotonic()
         if now >= self._next_heartbeat:
-            self._next_heartbeat = now + HEARTBEAT_S
+            # The heartbeat is also what retries a failing store: sooner then.
             self.log.heartbeat(rfc3339(self._now()))
+            failing = self.log.store_error is not None
+            self._next_heartbeat = now + (STORE_RETRY_S if failing else HEARTBEAT_S)
         if now >= self._next_prune:
             more = self.log.prune_step(self._now())
             self._next_prune = now + (0.0 if more else PRUNE_EVERY_S)
+        self._say_store_transitions()
         line = self.status_line()
         if line != self._last_status_line:
             self._last_status_line = line
             self.notifier.status(line)
+
+    def _say_store_transitions(self) -> None:
+        """One journal line when the store starts failing and one when it
+        works again: an outage is one warning, not one per batch."""
+        error = self.log.store_error
+        if error == self._store_error_said:
+            return
+        if error is None:
+            self.writer.say(6, "the event store works again; held events are stored")
+        elif self._store_error_said is None:
+            self.writer.say(
+                3,
+                f"the event store fails, events are kept in memory and still journaled: {error}",
+            )
+        self._store_error_said = error
 
     def _appended(self, items: Any) -> None:
         events = [item for item in items if isinstance(item, Event)]
