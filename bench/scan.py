@@ -49,6 +49,10 @@ SCAN_METHODS = ("netlink", "floor", "proc", "ss", "netlink_cold")
 # connections, timed interleaved with the methods above at points with M > 0.
 NETLINK_IDLE = IDLE_METHOD
 OWNER_METHOD = "owner"
+# Rounds at least, whatever the budget: a slow method (proc at M=50,000 takes
+# half a second) makes one call a round, and the paired ratios the targets
+# judge are medians over the rounds.
+MIN_ROUNDS = 9
 CLOCK_DESCRIPTIONS = {
     "wall": "wall clock",
     "cpu": "CPU time of the benchmark thread and its children",
@@ -141,12 +145,12 @@ def measure_point(
             "proc": _keys(procfs.scan()),
             "ss": _keys(ss_scan()),
         }
+        # The order of a round: each method that a target compares with
+        # netlink runs right before or after it, so a round's ratio compares
+        # calls made within a few tens of milliseconds of each other.
         methods: dict[str, Callable[[], object]] = {
-            "netlink": netlink.scan,
             "floor": netlink.receive_raw,
-            "proc": procfs.scan,
-            "ss": ss_scan,
-            "netlink_cold": _scan_with_a_new_scanner,
+            "netlink": netlink.scan,
         }
         if point.m:
             # The same N listeners without the connections, next door: the
@@ -158,8 +162,13 @@ def measure_point(
                 idle_netlink = stack.enter_context(NetlinkScanner())
             seen[NETLINK_IDLE] = _keys(idle_netlink.scan())
             methods[NETLINK_IDLE] = idle_netlink.scan
+        methods |= {
+            "ss": ss_scan,
+            "proc": procfs.scan,
+            "netlink_cold": _scan_with_a_new_scanner,
+        }
         gc.collect()
-        timings = time_methods(methods, budget_s=budget_s, clock=clock)
+        timings = time_methods(methods, budget_s=budget_s, min_reps=MIN_ROUNDS, clock=clock)
         owner, misses = _time_owner(owner_reps, clock)
     timings[OWNER_METHOD] = owner
     return PointResult(point, timings, seen, misses)
