@@ -9,6 +9,7 @@ call: fast methods get more repetitions, and the total time stays bounded.
 
 from __future__ import annotations
 
+import itertools
 import math
 import resource
 import statistics
@@ -22,9 +23,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Timing:
-    """Repeated wall-clock measurements of one method, in milliseconds."""
+    """Repeated measurements of one method (by one clock), in milliseconds.
+
+    `rounds` gives, for each sample, the round of `time_methods` it was
+    taken in (empty when the samples were not taken in rounds).
+    """
 
     samples_ms: tuple[float, ...]
+    rounds: tuple[int, ...] = ()
 
     @property
     def reps(self) -> int:
@@ -90,23 +96,26 @@ def time_methods(
     `clock` is `wall_clock_ns` (elapsed time) or `cpu_clock_ns` (CPU
     spent). Every method is called once untimed first (caches, lazy imports). Each
     round then gives each method `slice_s` of calls (at least one, at most
-    a tenth of `max_reps`); rounds stop when the budget is spent and every
+    a fortieth of `max_reps`); rounds stop when the budget is spent and every
     method has `min_reps` samples, or when every method has `max_reps`.
     """
     for method in methods.values():
         method()
     samples: dict[str, list[float]] = {name: [] for name in methods}
+    rounds: dict[str, list[int]] = {name: [] for name in methods}
     # A fast method could otherwise reach max_reps in its first slice and
-    # sit out every later round: spread its calls over ten rounds at least.
-    calls_per_slice = max(1, max_reps // 10)
+    # sit out every later round: spread its calls over forty rounds at least,
+    # which gives `paired_ratio` as many rounds to take the median of.
+    calls_per_slice = max(1, max_reps // 40)
     deadline = time.monotonic() + budget_s
-    while True:
+    for round_number in itertools.count():
         for name, method in methods.items():
             taken = samples[name]
             slice_end = time.monotonic() + slice_s
             stop_at = min(max_reps, len(taken) + calls_per_slice)
             while len(taken) < stop_at:
                 taken.append(time_call_ms(method, clock)[1])
+                rounds[name].append(round_number)
                 if time.monotonic() >= slice_end:
                     break
         counts = [len(taken) for taken in samples.values()]
@@ -114,4 +123,40 @@ def time_methods(
             break
         if time.monotonic() >= deadline and all(count >= min_reps for count in counts):
             break
-    return {name: Timing(tuple(taken)) for name, taken in samples.items()}
+    return {name: Timing(tuple(taken), tuple(rounds[name])) for name, taken in samples.items()}
+
+
+def paired_ratio(top: Timing, bottom: Timing) -> float:
+    """How many times `top` costs `bottom`, judged round by round.
+
+    In each round both methods were timed (bench/timing.py gives them
+    adjacent slices), the ratio of their medians in that round; then the
+    median of those ratios. Whatever the machine did during a round (other
+    work on the cores, a move to another core, a change of clock speed) hits
+    both sides of that round's ratio alike, and a round in which it hit
+    only one side is outvoted by the others. Without rounds in common, the
+    ratio of the medians.
+
+    Both methods were slowed down ninefold in round 1, and the slow one
+    alone in round 2; the ratio of the medians says 270x, the rounds 30x:
+
+    >>> fast = Timing((1.0, 1.0, 9.0, 9.0, 1.0), rounds=(0, 0, 1, 1, 2))
+    >>> slow = Timing((30.0, 270.0, 900.0), rounds=(0, 1, 2))
+    >>> paired_ratio(slow, fast), slow.median_ms / fast.median_ms
+    (30.0, 270.0)
+    """
+    top_rounds = _by_round(top)
+    bottom_rounds = _by_round(bottom)
+    common = sorted(top_rounds.keys() & bottom_rounds.keys())
+    if not common:
+        return top.median_ms / bottom.median_ms
+    return statistics.median(
+        statistics.median(top_rounds[r]) / statistics.median(bottom_rounds[r]) for r in common
+    )
+
+
+def _by_round(timing: Timing) -> dict[int, list[float]]:
+    grouped: dict[int, list[float]] = {}
+    for round_number, sample in zip(timing.rounds, timing.samples_ms, strict=True):
+        grouped.setdefault(round_number, []).append(sample)
+    return grouped
