@@ -81,6 +81,8 @@ class Config:
     log_format: str = "text"  # text | json, for stderr lines
     history_size: int = 10_000  # events kept
     history_max_age_s: float | None = None  # events older are pruned; None = no age limit
+    # A node_exporter textfile-collector file kept current; "" = none.
+    metrics_textfile: str = ""
     socket: SocketConfig = field(default_factory=SocketConfig)
     ignore: tuple[IgnoreRule, ...] = ()
     source: str | None = None  # the main file read, None when running without one

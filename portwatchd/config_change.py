@@ -13,7 +13,7 @@ from portwatchd.config import Config, SocketConfig
 from portwatchd.config_schema import number_text
 
 # The parts a reload applies, in the order to apply them.
-PARTS = ("interval", "owners", "history", "ignore", "backend", "socket")
+PARTS = ("interval", "owners", "history", "ignore", "metrics", "backend", "socket")
 # Keys read at start only: a reload names them and leaves them be.
 RESTART_ONLY = ("state_dir", "log_target", "log_format")
 _PART_KEYS = {
@@ -21,6 +21,7 @@ _PART_KEYS = {
     "owners": ("owners",),
     "history": ("history_size", "history_max_age"),
     "ignore": ("ignore",),
+    "metrics": ("metrics_textfile",),
     "backend": ("backend",),
     "socket": tuple(f"socket.{item.name}" for item in fields(SocketConfig)),
 }
@@ -87,6 +88,7 @@ def diff_config(old: Config, new: Config) -> ConfigChange:
             "owners",
             "history_size",
             "history_max_age",
+            "metrics_textfile",
             "state_dir",
             "log_target",
             "log_format",

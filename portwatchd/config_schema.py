@@ -142,6 +142,13 @@ def non_empty_string(value: object) -> str:
     return text
 
 
+def absolute_path_or_empty(value: object) -> str:
+    text = string(value)
+    if text and not text.startswith("/"):
+        raise InvalidValueError(f"must be an absolute path (or \"\" for none), got {text!r}")
+    return text
+
+
 def socket_path(value: object) -> str:
     text = non_empty_string(value)
     size = len(text.encode("utf-8", "surrogateescape"))
@@ -230,6 +237,7 @@ TOP_LEVEL: dict[str, tuple[str, Check]] = {
     "log_format": ("log_format", choice("text", "json")),
     "history_size": ("history_size", integer(1, HISTORY_SIZE_MAX)),
     "history_max_age": ("history_max_age_s", max_age(1, HISTORY_MAX_AGE_MAX_S)),
+    "metrics_textfile": ("metrics_textfile", absolute_path_or_empty),
 }
 # Old names still read, with a warning: old name -> the key it now means.
 ALIASES: dict[str, str] = {"ring_size": "history_size"}

@@ -107,6 +107,9 @@ class Reloader:
         if part == "ignore":
             runner.engine.ignored = new.is_ignored
             return replace(running, ignore=new.ignore), None
+        if part == "metrics":
+            runner.set_metrics_textfile(new.metrics_textfile)
+            return replace(running, metrics_textfile=new.metrics_textfile), None
         if part == "backend":
             return self._apply_backend(runner, running, new)
         if part == "socket":

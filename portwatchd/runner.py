@@ -27,6 +27,7 @@ from portwatchd.log import EventLog
 from portwatchd.model import Event, Loss, rfc3339
 from portwatchd.notify import Notifier, watchdog_interval
 from portwatchd.outputs.journal_writer import JournalWriter
+from portwatchd.outputs.metrics import MetricsError, TextfileWriter, render_metrics
 from portwatchd.reactor import Reactor
 from portwatchd.reload import Reloader
 
@@ -36,6 +37,8 @@ PRUNE_EVERY_S = 1.0
 LOOKUP_STUCK_S = 10.0
 JOURNAL_FLUSH_AT_STOP_S = 2.0
 HOUR_S = 3600.0
+# How often the metrics textfile is rewritten; node_exporter reads it when scraped.
+METRICS_EVERY_S = 15.0
 
 
 class Control(Protocol):
@@ -85,6 +88,10 @@ class Runner:
         self._recent: deque[list[int]] = deque()
         self._last_status_line = ""
         self._store_error_said: str | None = None
+        self._metrics_file: TextfileWriter | None = None
+        self._metrics_error_said: str | None = None
+        self._next_metrics = self._started
+        self.set_metrics_textfile(config.metrics_textfile)
         log.subscribe(self._appended)
 
     # -- the signal side: record and wake -----------------------------------
@@ -140,7 +147,7 @@ class Runner:
     def _until_due(self) -> float:
         if self._stop or self._reload or self._rescan:
             return 0.0
-        due = min(self._next_scan, self._next_heartbeat, self._next_prune)
+        due = min(self._next_scan, self._next_heartbeat, self._next_prune, self._next_metrics)
         if self._watchdog_every is not None:
             due = min(due, self._next_ping)
         return due - self._monotonic()
@@ -178,11 +185,34 @@ class Runner:
         if now >= self._next_prune:
             more = self.log.prune_step(self._now())
             self._next_prune = now + (0.0 if more else PRUNE_EVERY_S)
+        if now >= self._next_metrics:
+            self._next_metrics = now + METRICS_EVERY_S
+            self._write_metrics()
         self._say_store_transitions()
         line = self.status_line()
         if line != self._last_status_line:
             self._last_status_line = line
             self.notifier.status(line)
+
+    def set_metrics_textfile(self, path: str) -> None:
+        self._metrics_file = TextfileWriter(path) if path else None
+        self._next_metrics = self._monotonic()
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition of what status reports."""
+        return render_metrics(self.status(), self.engine.ports())
+
+    def _write_metrics(self) -> None:
+        if self._metrics_file is None:
+            return
+        try:
+            self._metrics_file.write(self.metrics_text())
+        except MetricsError as err:
+            if str(err) != self._metrics_error_said:
+                self.writer.say(4, str(err))
+            self._metrics_error_said = str(err)
+        else:
+            self._metrics_error_said = None
 
     def _say_store_transitions(self) -> None:
         """One journal line when the store starts failing and one when it
