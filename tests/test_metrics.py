@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portwatchd.model import Endpoint, Owner, printable_name
-from portwatchd.netlink import NetlinkScanner
 from portwatchd.outputs.metrics import render_metrics
-from portwatchd.owners import OwnerResolver
+from portwatchd.sources.netlink import NetlinkScanner
+from portwatchd.sources.owners import OwnerResolver
 
 # The Debian package build runs these tests with Debian's python3, which has
 # the parser only with python3-prometheus-client installed.
