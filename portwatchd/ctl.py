@@ -362,6 +362,25 @@ def _command_named(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _attach_time_values(words: Sequence[str]) -> list[str]:
+    """Join "--since -1h" into "--since=-1h": argparse takes "-1h" for an option, journalctl not."""
+    attached: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        following = words[index + 1] if index + 1 < len(words) else ""
+        if word in ("--since", "--until") and following[:1] == "-" and following[1:2] in _DIGITS:
+            attached.append(f"{word}={following}")
+            index += 2
+        else:
+            attached.append(word)
+            index += 1
+    return attached
+
+
+_DIGITS = frozenset("0123456789.")
+
+
 def _check_times(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if getattr(args, "follow", False) and args.until is not None:
         parser.error("--until cannot be used with --follow (a live stream has no end)")
@@ -371,7 +390,7 @@ def _check_times(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else list(argv)
+    words = _attach_time_values(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=_command_named(words))
     args = parser.parse_args(words)
     _check_times(parser, args)
