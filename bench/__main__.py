@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.client import SECTION as CLIENT_SECTION
 from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
 from bench.load import LoadError
@@ -28,6 +29,7 @@ from portwatchd.scanner import ScanError
 SECTIONS: dict[str, Section] = {
     section.name: section for section in (SCAN_SECTION, DAEMON_SECTION, CONTROL_SECTION)
 }
+SECTIONS[CLIENT_SECTION.name] = CLIENT_SECTION
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1

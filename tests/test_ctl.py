@@ -480,7 +480,8 @@ def test_man_page_documents_every_command_and_option() -> None:
             assert f".B {command}" in page or f"B portwatchctl {command}" in page, command
         for option in options - {"--help"}:
             assert option in page, option
-    for code in (ctl.EXIT_DAEMON_ERROR, ctl.EXIT_USAGE, ctl.EXIT_UNREACHABLE, ctl.EXIT_DENIED):
+    codes = (ctl.EXIT_DAEMON_ERROR, ctl.EXIT_USAGE, ctl.EXIT_UNREACHABLE, ctl.EXIT_DENIED)
+    for code in (*codes, ctl.EXIT_CONFIG_ERROR):
         assert f".B {code}\n" in page
     assert "PORTWATCHD_SOCKET" in page and "NO_COLOR" in page
 
