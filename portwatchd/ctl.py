@@ -6,17 +6,19 @@ Talking to the daemon is in ctl_client, the history and the live stream in
 ctl_events, output in ctl_format, times on the command line in ctl_time.
 
 Start-up time matters (`portwatchctl status` runs in scripts and in
-systemd's ExecReload=): this module imports only argparse, os, sys and the
-client; every other module is imported by the command that needs it.
+systemd's ExecReload=, and should start in at most twice the time of
+`python3 -c pass`): this module imports only os, sys and the client. The
+simplest command lines (a command with on/off flags, like `status --json`)
+are read here; every other one by argparse (ctl_parser), from the same
+tables. Other modules are imported by the command that needs them.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from portwatchd import __version__, protocol
+from portwatchd import protocol
 from portwatchd.ctl_client import (
     EXIT_CONFIG_ERROR,
     EXIT_DAEMON_ERROR,
@@ -31,6 +33,7 @@ from portwatchd.ctl_client import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
     from typing import Any
 
@@ -42,7 +45,9 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "Args",
     "build_parser",
+    "fast_parse",
     "main",
 ]
 
@@ -55,45 +60,10 @@ EXIT_STATUS_TEXT = (
 )
 
 
-# --- argument types ---------------------------------------------------------
-
-_now: list[float] = []  # one "now" for every time on the command line
-
-
-def parse_time_argument(text: str, now: float | None = None) -> str:
-    """A --since/--until value (journalctl's forms) as RFC 3339 UTC, else ArgumentTypeError."""
-    from portwatchd.ctl_time import BadTimeError, parse_time
-
-    if now is None:
-        if not _now:
-            import time
-
-            _now.append(time.time())
-        now = _now[0]
-    try:
-        return parse_time(text, now)
-    except BadTimeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _bounded_int(low: int, high: int | None) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"{value} is not {bounds}")
-        return value
-
-    return convert
-
-
 # --- commands ---------------------------------------------------------------
 
 
-def cmd_events(args: argparse.Namespace) -> int:
+def cmd_events(args: Args) -> int:
     from portwatchd.ctl_events import EventPrinter, follow, print_history
 
     printer = EventPrinter(
@@ -118,7 +88,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_ports(args: argparse.Namespace) -> int:
+def cmd_ports(args: Args) -> int:
     from portwatchd.ctl_format import port_record, print_ports
 
     response = call(args.socket, protocol.request("ports"))
@@ -127,7 +97,7 @@ def cmd_ports(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: Args) -> int:
     status = call(args.socket, protocol.request("status")).get("status") or {}
     if args.json:
         import json
@@ -142,12 +112,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_rescan(args: argparse.Namespace) -> int:
+def cmd_rescan(args: Args) -> int:
     call(args.socket, protocol.request("rescan"))
     return EXIT_OK
 
 
-def cmd_reload(args: argparse.Namespace) -> int:
+def cmd_reload(args: Args) -> int:
     """Exit 0 only once the daemon runs with the new configuration (for ExecReload=)."""
     response = call(args.socket, protocol.request("reload"), timeout=RELOAD_TIMEOUT_S)
     reload = response.get("reload")
@@ -171,7 +141,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     raise CtlError(EXIT_DAEMON_ERROR, f"portwatchd answered the reload with outcome {outcome!r}")
 
 
-def cmd_metrics(args: argparse.Namespace) -> int:
+def cmd_metrics(args: Args) -> int:
     text = call(args.socket, protocol.request("metrics")).get("metrics")
     if not isinstance(text, str):
         raise CtlError(EXIT_DAEMON_ERROR, "portwatchd's answer to metrics holds no metrics text")
@@ -179,7 +149,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
+def cmd_scan(args: Args) -> int:
     """One scan in this process, no daemon needed."""
     # Lazy: the scanners and /proc walking are heavy, and only `scan` needs them.
     from portwatchd.ctl_format import port_record, print_ports
@@ -221,7 +191,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+class Args:
+    """The command line, read: argparse fills it in, or fast_parse."""
+
+    command: str
+    socket: str  # after main() has filled in the default
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)  # only for attributes never set: getattr(args, x, default)
+
+
+COMMANDS: dict[str, tuple[Callable[[Args], int], str]] = {
     "events": (cmd_events, "show the recorded open/close events"),
     "ports": (cmd_ports, "show the listening ports now"),
     "status": (cmd_status, "show the daemon's state"),
@@ -232,168 +212,66 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
-# --- the command line -------------------------------------------------------
-
-
-class _VersionAction(argparse.Action):
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
-        sys.stdout.write(f"portwatchctl {__version__} (protocol {protocol.PROTOCOL_VERSION})\n")
-        parser.exit(0)
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, sized without `shutil`.
-
-    argparse builds a formatter for every add_argument() and, without a
-    width, imports shutil for the terminal size; shutil imports zlib, bz2
-    and lzma, a quarter of `portwatchctl status`'s own start-up time.
-    """
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=_terminal_columns() - 2)
-
-
-def _terminal_columns() -> int:
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(1).columns  # standard output
-    except (AttributeError, OSError, ValueError):
-        return 80
-
-
-def _events_options(events: argparse.ArgumentParser) -> None:
-    when = "-1h, 30min ago, 2d, yesterday, today, 2026-11-30 10:00, RFC 3339"
-    events.add_argument(
-        "--since", type=parse_time_argument, metavar="WHEN", help=f"at or after WHEN: {when}"
-    )
-    events.add_argument(
-        "--until", type=parse_time_argument, metavar="WHEN", help="at or before WHEN"
-    )
-    events.add_argument("--after-seq", type=_bounded_int(0, None), metavar="N", help="after seq N")
-    events.add_argument(
-        "--limit",
-        type=_bounded_int(1, None),
-        metavar="N",
-        help="at most N events: the newest N, or the first N after --after-seq",
-    )
-    events.add_argument("--type", choices=("opened", "closed"))
-    events.add_argument("--proto", choices=("tcp", "udp"))
-    events.add_argument("--port", type=_bounded_int(1, 65535), metavar="N")
-    events.add_argument("--json", action="store_true", help="one JSON object per line")
-    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    events.add_argument("--local", action="store_true", help="times in local time, not UTC")
-    events.add_argument("--no-legend", action="store_true", help="no header line")
-
-
-def _ports_options(ports: argparse.ArgumentParser) -> None:
-    ports.add_argument("--json", action="store_true", help="a JSON list of objects")
-    ports.add_argument("--no-legend", action="store_true", help="no header line")
-
-
-def _status_options(status: argparse.ArgumentParser) -> None:
-    status.add_argument("--json", action="store_true", help="one JSON object")
-    status.add_argument("--local", action="store_true", help="times in local time, not UTC")
-
-
-def _scan_options(scan: argparse.ArgumentParser) -> None:
-    scan.add_argument("--backend", choices=("auto", "netlink", "proc"), default="auto")
-    scan.add_argument("--json", action="store_true", help="a JSON list of objects")
-    scan.add_argument("--no-owners", action="store_true", help="do not look up processes")
-    scan.add_argument("--no-legend", action="store_true", help="no header line")
-
-
-_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "events": _events_options,
-    "ports": _ports_options,
-    "status": _status_options,
-    "scan": _scan_options,
+# On/off flags (option -> help) of the commands that have no other options.
+FLAGS: dict[str, dict[str, str]] = {
+    "ports": {"--json": "a JSON list of objects", "--no-legend": "no header line"},
+    "status": {"--json": "one JSON object", "--local": "times in local time, not UTC"},
+    "rescan": {},
+    "reload": {},
+    "metrics": {},
 }
 
 
+def _help_texts() -> dict[str, str]:
+    return {name: help_text for name, (_, help_text) in COMMANDS.items()}
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line, or with `only` the one command that was given (faster)."""
-    # --socket is accepted before and after the command. Its default is
-    # filled in after parsing: a default set here would be shared by both
-    # places (parents share action objects) and the later one would win.
-    common = argparse.ArgumentParser(add_help=False, formatter_class=_HelpFormatter)
-    common.add_argument(
-        "--socket",
-        metavar="PATH",
-        default=argparse.SUPPRESS,
-        help=f"the daemon's control socket "
-        f"(default: ${protocol.SOCKET_ENV} or {protocol.DEFAULT_SOCKET})",
-    )
-    parser = argparse.ArgumentParser(
-        formatter_class=_HelpFormatter,
-        prog="portwatchctl",
-        description="Query portwatchd: listening ports and their open/close history.",
-        parents=[common],
-        epilog=EXIT_STATUS_TEXT,
-    )
-    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (_, help_text) in COMMANDS.items():
-        if only is None or name == only:
-            sub = commands.add_parser(
-                name, parents=[common], formatter_class=_HelpFormatter, help=help_text
-            )
-            if name in _OPTIONS:
-                _OPTIONS[name](sub)
-    return parser
+    """The whole argparse command line, or with `only` just that command's part."""
+    from portwatchd.ctl_parser import build_parser as build
+
+    return build(_help_texts(), FLAGS, EXIT_STATUS_TEXT, only)
 
 
-def _command_named(argv: Sequence[str]) -> str | None:
-    """The command in `argv` when only --socket comes before it; else None."""
+def fast_parse(argv: Sequence[str]) -> Args | None:
+    """A command line of only --socket and a command with on/off flags, read without argparse.
+
+    None for anything else (help, errors and abbreviations included): argparse
+    then reads it. Where this reads a line, it reads it as argparse would.
+    """
+    args = Args()
+    command: str | None = None
     index = 0
     while index < len(argv):
         word = argv[index]
-        if word == "--socket":
+        if word == "--socket" and index + 1 < len(argv) and argv[index + 1][:1] != "-":
+            args.socket = argv[index + 1]
             index += 2
-        elif word.startswith("--socket="):
-            index += 1
+            continue
+        if word.startswith("--socket="):
+            args.socket = word.removeprefix("--socket=")
+        elif command is None and word in FLAGS:
+            command = word
+            for flag in FLAGS[word]:
+                setattr(args, flag[2:].replace("-", "_"), False)
+        elif command is not None and word in FLAGS[command]:
+            setattr(args, word[2:].replace("-", "_"), True)
         else:
-            return word if word in COMMANDS else None
-    return None
-
-
-def _attach_time_values(words: Sequence[str]) -> list[str]:
-    """Join "--since -1h" into "--since=-1h": argparse takes "-1h" for an option, journalctl not."""
-    attached: list[str] = []
-    index = 0
-    while index < len(words):
-        word = words[index]
-        following = words[index + 1] if index + 1 < len(words) else ""
-        if word in ("--since", "--until") and following[:1] == "-" and following[1:2] in _DIGITS:
-            attached.append(f"{word}={following}")
-            index += 2
-        else:
-            attached.append(word)
-            index += 1
-    return attached
-
-
-_DIGITS = frozenset("0123456789.")
-
-
-def _check_times(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if getattr(args, "follow", False) and args.until is not None:
-        parser.error("--until cannot be used with --follow (a live stream has no end)")
-    since, until = getattr(args, "since", None), getattr(args, "until", None)
-    if since is not None and until is not None and since > until:  # fixed-width UTC text
-        parser.error(f"--since ({since}) is after --until ({until}): nothing can match")
+            return None
+        index += 1
+    if command is None:
+        return None
+    args.command = command
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    words = _attach_time_values(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(only=_command_named(words))
-    args = parser.parse_args(words)
-    _check_times(parser, args)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = fast_parse(words)
+    if args is None:
+        from portwatchd.ctl_parser import parse
+
+        args = parse(words, _help_texts(), FLAGS, EXIT_STATUS_TEXT, Args())
     if getattr(args, "socket", None) is None:
         args.socket = os.environ.get(protocol.SOCKET_ENV) or protocol.DEFAULT_SOCKET
     try:

@@ -8,7 +8,9 @@ in-process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
+import io
 import json
 import os
 import queue
@@ -23,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from portwatchd import ctl, protocol
+from portwatchd import ctl, ctl_parser, protocol
 from portwatchd.ctl_format import Style
 from portwatchd.model import Endpoint, Owner
 from tests.test_control import MemoryBackend, ServerThread, backend, serve, sockdir
@@ -210,7 +214,7 @@ def test_events_json_one_object_per_line_with_filters(
 
 def test_since_accepts_durations_and_iso_times(monkeypatch: pytest.MonkeyPatch) -> None:
     now = 1_795_615_200.0  # 2026-11-25T14:00:00Z
-    parse = ctl.parse_time_argument
+    parse = ctl_parser.parse_time_argument
     assert parse("10m", now=now) == "2026-11-25T13:50:00.000000Z"
     assert parse("2h", now=now) == "2026-11-25T12:00:00.000000Z"
     assert parse("1d", now=now) == "2026-11-24T14:00:00.000000Z"
@@ -534,3 +538,40 @@ def test_status_lines_label_every_field_the_daemon_sends() -> None:
     assert pairs["Owner lookup"] == "on"
     failing = dict(status_lines({**status, "scan_error": "netlink: EPERM"}))
     assert failing["Scan FAILING"] == "netlink: EPERM"
+
+
+# --- the fast reading of simple command lines ----------------------------------
+
+_WORDS = [
+    *("--socket", "--socket=/s", "/x", "-x", "status", "ports", "reload", "events", "rescan"),
+    *("--json", "--local", "--no-legend", "--js", "-h", "--help", "--", "-f", "--since"),
+]
+
+
+def _argparse_reading(words: list[str]) -> dict[str, Any] | None:
+    try:
+        args = ctl_parser.parse(
+            words, ctl._help_texts(), ctl.FLAGS, ctl.EXIT_STATUS_TEXT, ctl.Args()
+        )
+    except SystemExit:
+        return None
+    return vars(args)
+
+
+@given(st.lists(st.sampled_from(_WORDS), max_size=6))
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_fast_reading_agrees_with_argparse(words: list[str]) -> None:
+    fast = ctl.fast_parse(words)
+    if fast is None:
+        return  # argparse reads it
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert vars(fast) == _argparse_reading(words)
+
+
+def test_fast_reading_takes_the_simple_lines_only() -> None:
+    fast = ctl.fast_parse(["--socket", "/s", "status", "--json"])
+    assert fast is not None and vars(fast) == {
+        "socket": "/s", "command": "status", "json": True, "local": False,
+    }  # fmt: skip
+    for words in (["status", "--help"], ["status", "--js"], ["events"], ["--socket"], []):
+        assert ctl.fast_parse(words) is None, words

@@ -175,7 +175,8 @@ def test_status_imports_nothing_it_does_not_need(fake: FakeDaemon) -> None:
         f"import sys; sys.path.insert(0, {str(REPO)!r}); from portwatchd.ctl import main; "
         f"rc = main(['--socket', {fake.path!r}, 'status']); "
         "heavy = sorted(m for m in ('asyncio', 'dataclasses', 'datetime', 'socket', 'shutil', "
-        "'importlib.metadata', 'portwatchd.model', 'portwatchd.ctl_events', "
+        "'importlib.metadata', 'portwatchd.model', 'portwatchd.ctl_events', 'argparse', "
+        "'gettext', 'locale', 'portwatchd.ctl_parser', "
         "'portwatchd.ctl_time') if m in sys.modules); "
         "print('HEAVY', rc, heavy)"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from portwatchd import ctl
+from portwatchd import ctl, ctl_parser
 from tests.test_ctl import _options_by_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,5 +69,5 @@ def test_option_values_are_offered(offers: object) -> None:
     assert complete("portwatchctl scan --backend ") == {"auto", "netlink", "proc"}
     since = complete("portwatchctl events --since ")
     assert {"yesterday", "today", "-1h"} <= since
-    assert all(ctl.parse_time_argument(value) for value in since)  # each one is taken
+    assert all(ctl_parser.parse_time_argument(value) for value in since)  # each one is taken
     assert complete("portwatchctl events --until ") == since

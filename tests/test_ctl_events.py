@@ -213,11 +213,16 @@ def test_local_times_carry_their_zone(
 
 
 def _run_with_peak_memory(path: str, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
-    """portwatchctl in a child that reports its peak RSS (KiB) on its last stderr line."""
+    """portwatchctl in a child that reports its peak RSS (KiB) on its last stderr line.
+
+    VmHWM, not getrusage(): Linux carries ru_maxrss across exec(), so a
+    child would report the larger size of the test process that forked it.
+    """
     code = (
-        "import resource, sys; from portwatchd.ctl import main; rc = main(sys.argv[1:]); "
+        "import sys; from portwatchd.ctl import main; rc = main(sys.argv[1:]); "
         "sys.stdout.flush(); "
-        "sys.stderr.write(f'PEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'); "
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+        "sys.stderr.write(f'PEAK {peak.split()[1]}\\n'); "
         "sys.exit(rc)"
     )
     result = subprocess.run(
