@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 
 from bench.client import SECTION, pairs
 
@@ -12,7 +13,7 @@ def test_two_rounds_time_every_start_and_judge_the_best() -> None:
     args = argparse.Namespace(client_rounds=2, client_max_ratio=2.0)
     out = io.StringIO()
     result = SECTION.run(args, out)
-    names = [pair.name for pair in pairs("/x")]
+    names = [pair.name for pair in pairs("/x") if os.access(pair.baseline[0], os.X_OK)]
     methods = {record["method"] for record in result.records}
     assert methods == {f"{name}_{role}" for name in names for role in ("baseline", "client")}
     for record in result.records:
