@@ -1,9 +1,10 @@
 """portwatchctl: ask a running portwatchd about listening ports and their history.
 
 The daemon returns data; the client formats it and owns the exit codes.
-This module holds the commands, their tables and the exit codes; argparse's
-reading of the command line is in ctl_parser, talking to the daemon is in ctl_client, the history and the live stream in
-ctl_events, output in ctl_format, times on the command line in ctl_time.
+This module holds the commands, their tables and the exit codes. argparse's
+reading of the command line is in ctl_parser, talking to the daemon in
+ctl_client, the history and the live stream in ctl_events, output in
+ctl_format, times on the command line in ctl_time.
 
 Start-up time matters (`portwatchctl status` runs in scripts and in
 systemd's ExecReload=, and should start in at most twice the time of
