@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.client import SECTION as CLIENT_SECTION
 from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
 from bench.load import LoadError
@@ -30,6 +31,7 @@ SECTIONS: dict[str, Section] = {
     section.name: section
     for section in (SCAN_SECTION, DAEMON_SECTION, CONTROL_SECTION, STORE_SECTION)
 }
+SECTIONS[CLIENT_SECTION.name] = CLIENT_SECTION
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1

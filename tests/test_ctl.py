@@ -8,7 +8,9 @@ in-process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
+import io
 import json
 import os
 import queue
@@ -23,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from portwatchd import ctl, protocol
+from portwatchd import ctl, ctl_parser, protocol
+from portwatchd.ctl_format import Style
 from portwatchd.model import Endpoint, Owner
 from tests.test_control import MemoryBackend, ServerThread, backend, serve, sockdir
 
@@ -209,20 +214,21 @@ def test_events_json_one_object_per_line_with_filters(
 
 def test_since_accepts_durations_and_iso_times(monkeypatch: pytest.MonkeyPatch) -> None:
     now = 1_795_615_200.0  # 2026-11-25T14:00:00Z
-    assert ctl.parse_since("10m", now=now) == "2026-11-25T13:50:00.000000Z"
-    assert ctl.parse_since("2h", now=now) == "2026-11-25T12:00:00.000000Z"
-    assert ctl.parse_since("1d", now=now) == "2026-11-24T14:00:00.000000Z"
-    assert ctl.parse_since("30s", now=now) == "2026-11-25T13:59:30.000000Z"
-    assert ctl.parse_since("2026-11-25T15:00:00+01:00") == "2026-11-25T14:00:00.000000Z"
+    parse = ctl_parser.parse_time_argument
+    assert parse("10m", now=now) == "2026-11-25T13:50:00.000000Z"
+    assert parse("2h", now=now) == "2026-11-25T12:00:00.000000Z"
+    assert parse("1d", now=now) == "2026-11-24T14:00:00.000000Z"
+    assert parse("30s", now=now) == "2026-11-25T13:59:30.000000Z"
+    assert parse("2026-11-25T15:00:00+01:00") == "2026-11-25T14:00:00.000000Z"
     monkeypatch.setenv("TZ", "Europe/Berlin")  # a time without zone is local time
     time.tzset()
     try:
-        assert ctl.parse_since("2026-11-25 15:00") == "2026-11-25T14:00:00.000000Z"
+        assert parse("2026-11-25 15:00") == "2026-11-25T14:00:00.000000Z"
     finally:
         monkeypatch.undo()
         time.tzset()
     with pytest.raises(argparse.ArgumentTypeError, match="neither a duration"):
-        ctl.parse_since("soon")
+        parse("soon")
 
 
 def test_events_human_table(serve: Any, backend: MemoryBackend, capsys: Any) -> None:
@@ -236,7 +242,7 @@ def test_events_human_table(serve: Any, backend: MemoryBackend, capsys: Any) -> 
     ]  # fmt: skip
     assert "\033[" not in out  # not a terminal: no colour
     first = lines[1].split()
-    assert first[0] == "1" and first[3:] == [
+    assert first[0] == "1" and first[3] == "UTC" and first[4:] == [
         "opened", "tcp", "127.0.0.1", "22", "101", "sshd", "ssh.service",
     ]  # fmt: skip
     # Columns line up: every row has its TYPE where the header has it.
@@ -252,9 +258,9 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPa
             return True
 
     monkeypatch.delenv("NO_COLOR", raising=False)
-    assert ctl.Style(Terminal()).event_type("opened") == "\033[32mopened\033[0m"  # type: ignore[arg-type]
+    assert Style(Terminal()).event_type("opened") == "\033[32mopened\033[0m"  # type: ignore[arg-type]
     monkeypatch.setenv("NO_COLOR", "1")
-    assert ctl.Style(Terminal()).event_type("opened") == "opened"  # type: ignore[arg-type]
+    assert Style(Terminal()).event_type("opened") == "opened"  # type: ignore[arg-type]
 
 
 def test_ports_table_and_json(serve: Any, backend: MemoryBackend, capsys: Any) -> None:
@@ -399,7 +405,7 @@ def test_follow_human_output_streams_rows(
     assert [int(out.next().split()[0]) for _ in range(10)] == list(range(3, 13))
     server.add_and_publish(1, type="closed")
     row = out.next().split()
-    assert row[:4] == ["13", "2026-11-25", "14:00:13", "closed"]
+    assert row[:5] == ["13", "2026-11-25", "14:00:13", "UTC", "closed"]
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) == 0
 
@@ -478,7 +484,8 @@ def test_man_page_documents_every_command_and_option() -> None:
             assert f".B {command}" in page or f"B portwatchctl {command}" in page, command
         for option in options - {"--help"}:
             assert option in page, option
-    for code in (ctl.EXIT_DAEMON_ERROR, ctl.EXIT_USAGE, ctl.EXIT_UNREACHABLE, ctl.EXIT_DENIED):
+    codes = (ctl.EXIT_DAEMON_ERROR, ctl.EXIT_USAGE, ctl.EXIT_UNREACHABLE, ctl.EXIT_DENIED)
+    for code in (*codes, ctl.EXIT_CONFIG_ERROR):
         assert f".B {code}\n" in page
     assert "PORTWATCHD_SOCKET" in page and "NO_COLOR" in page
 
@@ -513,7 +520,7 @@ def test_bash_completion_offers_every_command_and_option() -> None:
 
 
 def test_status_lines_label_every_field_the_daemon_sends() -> None:
-    from portwatchd.ctl import status_lines
+    from portwatchd.ctl_format import status_lines
 
     status = {
         "version": "0.1.0", "pid": 7, "uptime_s": 65.0, "interval_s": 1.0,
@@ -531,3 +538,40 @@ def test_status_lines_label_every_field_the_daemon_sends() -> None:
     assert pairs["Owner lookup"] == "on"
     failing = dict(status_lines({**status, "scan_error": "netlink: EPERM"}))
     assert failing["Scan FAILING"] == "netlink: EPERM"
+
+
+# --- the fast reading of simple command lines ----------------------------------
+
+_WORDS = [
+    *("--socket", "--socket=/s", "/x", "-x", "status", "ports", "reload", "events", "rescan"),
+    *("--json", "--local", "--no-legend", "--js", "-h", "--help", "--", "-f", "--since"),
+]
+
+
+def _argparse_reading(words: list[str]) -> dict[str, Any] | None:
+    try:
+        args = ctl_parser.parse(
+            words, ctl._help_texts(), ctl.FLAGS, ctl.EXIT_STATUS_TEXT, ctl.Args()
+        )
+    except SystemExit:
+        return None
+    return vars(args)
+
+
+@given(st.lists(st.sampled_from(_WORDS), max_size=6))
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_fast_reading_agrees_with_argparse(words: list[str]) -> None:
+    fast = ctl.fast_parse(words)
+    if fast is None:
+        return  # argparse reads it
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert vars(fast) == _argparse_reading(words)
+
+
+def test_fast_reading_takes_the_simple_lines_only() -> None:
+    fast = ctl.fast_parse(["--socket", "/s", "status", "--json"])
+    assert fast is not None and vars(fast) == {
+        "socket": "/s", "command": "status", "json": True, "local": False,
+    }  # fmt: skip
+    for words in (["status", "--help"], ["status", "--js"], ["events"], ["--socket"], []):
+        assert ctl.fast_parse(words) is None, words

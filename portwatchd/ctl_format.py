@@ -1,0 +1,285 @@
+"""portwatchctl's output: tables, times, the status page, and the lines about lost events.
+
+The daemon returns data; this module turns it into text. It imports only
+`json` and `os` at start-up; `datetime` only to show a time in local time
+or one that is not in the wire's own form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any, TextIO
+
+EVENT_HEADERS = ("SEQ", "TIME", "TYPE", "PROTO", "ADDRESS", "PORT", "PID", "PROCESS", "UNIT")
+# Rows printed before all are known cannot be measured in advance: widths that fit most.
+EVENT_STREAM_WIDTHS = (6, 23, 6, 5, 15, 5, 7, 15, 0)
+PORT_HEADERS = ("PROTO", "ADDRESS", "PORT", "PID", "PROCESS", "UNIT")
+
+
+class Style:
+    """ANSI colour, only on a terminal and only when NO_COLOR is unset."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled and text else text
+
+    def event_type(self, kind: str) -> str:
+        return self.paint(kind, "32" if kind.strip() == "opened" else "31")
+
+
+def format_time(rfc3339: str | None, local: bool = False) -> str:
+    """A wire time for people: "2026-11-30 10:00:01 UTC", or local with its zone's abbreviation.
+
+    A time that cannot be read is shown as it came.
+
+    >>> format_time("2026-11-30T10:00:01.123456Z")
+    '2026-11-30 10:00:01 UTC'
+    """
+    if not rfc3339:
+        return "-"
+    text = rfc3339
+    # The wire's own form (model.rfc3339) needs no datetime for UTC.
+    if not local and len(text) >= 20 and text[10] == "T" and text[-1] == "Z" and text.isascii():
+        return f"{text[:10]} {text[11:19]} UTC"
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # the protocol's naive times are UTC
+        shown = moment.astimezone() if local else moment.astimezone(UTC)
+        return shown.strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (ValueError, OverflowError, OSError):
+        return text
+
+
+def text_or_dash(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def address_text(record: dict[str, Any]) -> str:
+    address = str(record.get("address", "?"))
+    interface = record.get("interface")
+    return f"{address}%{interface}" if interface else address
+
+
+def format_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    paint: Callable[[int, str], str] | None = None,
+    min_widths: Sequence[int] = (),
+    legend: bool = True,
+) -> Iterator[str]:
+    """Aligned columns; `paint(column, padded_cell)` colours after padding."""
+    table = TableWriter(headers, paint=paint, min_widths=min_widths, legend=legend)
+    yield from table.lines(rows)
+
+
+class TableWriter:
+    """A table printed in parts: the first part sets the column widths.
+
+    Later rows wider than a column push the rest of their line right, as
+    rows printed before the others are known must.
+    """
+
+    def __init__(
+        self,
+        headers: Sequence[str],
+        *,
+        paint: Callable[[int, str], str] | None = None,
+        min_widths: Sequence[int] = (),
+        legend: bool = True,
+    ) -> None:
+        self.headers = headers
+        self.paint = paint
+        self.min_widths = [*min_widths, *[0] * (len(headers) - len(min_widths))]
+        self.widths: list[int] | None = None
+        self.legend_due = legend
+
+    def lines(self, rows: Sequence[Sequence[str]]) -> Iterator[str]:
+        if self.widths is None:
+            self.widths = [
+                max([len(header), minimum, *(len(row[i]) for row in rows)])
+                for i, (header, minimum) in enumerate(
+                    zip(self.headers, self.min_widths, strict=True)
+                )
+            ]
+        if self.legend_due:
+            self.legend_due = False
+            yield self._line(self.headers, painted=False)
+        for row in rows:
+            yield self._line(row, painted=True)
+
+    def _line(self, cells: Sequence[str], painted: bool) -> str:
+        assert self.widths is not None
+        last = len(cells) - 1
+        out = []
+        for column, cell in enumerate(cells):
+            padded = cell if column == last else cell.ljust(self.widths[column])
+            out.append(self.paint(column, padded) if painted and self.paint else padded)
+        return "  ".join(out).rstrip()
+
+
+def event_row(event: dict[str, Any], local: bool = False) -> list[str]:
+    owner = event.get("owner") or {}
+    return [
+        text_or_dash(event.get("seq")),
+        format_time(event.get("time"), local),
+        text_or_dash(event.get("type")),
+        text_or_dash(event.get("proto")),
+        address_text(event),
+        text_or_dash(event.get("port")),
+        text_or_dash(owner.get("pid")),
+        text_or_dash(owner.get("comm")),
+        text_or_dash(owner.get("unit")),
+    ]
+
+
+def port_record(endpoint: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """The flat --json shape of one listening socket, for `ports` and `scan` alike."""
+    keys = ("key", "proto", "family", "address", "port", "interface", "v6only", "inode", "uid")
+    record = {key: endpoint.get(key) for key in keys}
+    record.update({key: owner.get(key) for key in ("pid", "comm", "exe", "unit")})
+    return record
+
+
+def _port_sort_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return (record.get("proto") or "", record.get("port") or 0, record.get("address") or "")
+
+
+def print_ports(records: list[dict[str, Any]], as_json: bool, out: TextIO, legend: bool) -> None:
+    records = sorted(records, key=_port_sort_key)
+    if as_json:
+        out.write(json.dumps(records, indent=None) + "\n")
+        return
+    rows = [
+        [
+            text_or_dash(r["proto"]),
+            address_text(r),
+            text_or_dash(r["port"]),
+            text_or_dash(r["pid"]),
+            text_or_dash(r["comm"]),
+            text_or_dash(r["unit"]),
+        ]
+        for r in records
+    ]
+    for line in format_table(PORT_HEADERS, rows, legend=legend):
+        out.write(line + "\n")
+
+
+def missing_events_line(from_seq: object, to_seq: object, why: str) -> str:
+    """The one way a range of events that cannot be shown is told (on standard error)."""
+    seqs = f"event {from_seq}" if from_seq == to_seq else f"events {from_seq}..{to_seq}"
+    return f"portwatchctl: {seqs} missing: {why}\n"
+
+
+def gap_line(gap: dict[str, Any]) -> str:
+    """A `gap`: events that had left the daemon's history before they could be sent."""
+    return missing_events_line(
+        gap.get("from"), gap.get("to"), "they had already left portwatchd's history"
+    )
+
+
+def loss_line(loss: dict[str, Any], local: bool = False) -> str:
+    """A `loss`: seqs handed out whose events never reached the log, and why."""
+    reason = str(loss.get("reason") or "portwatchd gave no reason").rstrip(".")
+    when = loss.get("time")
+    at = f" (noticed {format_time(when, local)})" if isinstance(when, str) else ""
+    return missing_events_line(loss.get("from_seq"), loss.get("to_seq"), f"{reason}{at}")
+
+
+def duration_text(seconds: float) -> str:
+    """>>> duration_text(3723)
+    '1h 2min 3s'
+    """
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}min")
+    parts.append(f"{secs}s")
+    return " ".join(parts)
+
+
+def reload_text(reload: dict[str, Any], local: bool = False) -> str:
+    """The last reload's outcome in one line: "<time>, ok", "<time>, REFUSED: why", ..."""
+    if reload.get("time") is None:
+        return "never"
+    when = format_time(reload.get("time"), local)
+    outcome = reload.get("outcome") or ("ok" if reload.get("ok") else "failed")
+    if outcome == "ok":
+        return f"{when}, ok"
+    text = f"{when}, {str(outcome).upper()}: {reload.get('error')}"
+    not_applied = reload.get("not_applied")
+    if not_applied:
+        text += f" (not applied: {', '.join(map(str, not_applied))})"
+    return text
+
+
+# Fields that are shown only while something fails, with the label that says so.
+_FAILURES = (
+    ("scan_error", "Scan FAILING"),
+    ("journal_error", "Journal FAILING"),
+    ("store_error", "Store FAILING"),
+    ("config_error", "Config BROKEN"),
+)
+
+
+def status_lines(status: dict[str, Any], local: bool = False) -> list[tuple[str, str]]:
+    """Label/value pairs for the human `status` output, known keys first."""
+    pairs: list[tuple[str, str]] = []
+    shown: set[str] = set()
+
+    def add(label: str, key: str, value: str | None = None) -> None:
+        if key in status:
+            pairs.append((label, value if value is not None else text_or_dash(status[key])))
+            shown.add(key)
+
+    add("Version", "version")
+    add("PID", "pid")
+    uptime = status.get("uptime_s")
+    add("Uptime", "uptime_s", duration_text(uptime) if isinstance(uptime, int | float) else None)
+    add("Protocol", "protocol")
+    add("Scanner", "backend")
+    add("Interval", "interval_s", f"{status.get('interval_s')} s")
+    add("Owner lookup", "owners", "on" if status.get("owners") else "off")
+    add("Ports watched", "ports_watched")
+    add("Events total", "events_total")
+    add("Last hour", "events_last_hour", f"{status.get('events_last_hour')} events")
+    add("Last seq", "last_seq")
+    if "ring_size" in status:
+        add("Ring", "ring_size", f"{status['ring_size']} of {status.get('ring_capacity', '?')}")
+        shown.add("ring_capacity")
+    add("Last scan", "last_scan_time", format_time(status.get("last_scan_time"), local))
+    add("Last scan took", "last_scan_duration_ms", f"{status.get('last_scan_duration_ms')} ms")
+    for key, label in _FAILURES:
+        if status.get(key):
+            add(label, key)
+        else:
+            shown.add(key)
+    add("Config", "config_path", status.get("config_path") or "built-in defaults")
+    add("State", "state_dir")
+    reload = status.get("last_reload")
+    if reload is None:
+        add("Last reload", "last_reload", "never")
+    elif isinstance(reload, dict):
+        add("Last reload", "last_reload", reload_text(reload, local))
+    add("Clients", "clients")
+    add("Followers", "followers")
+    for key in sorted(set(status) - shown):
+        value = status[key]
+        pairs.append(
+            (key, json.dumps(value) if isinstance(value, dict | list) else text_or_dash(value))
+        )
+    return pairs
