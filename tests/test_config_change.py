@@ -93,6 +93,7 @@ def test_parts_come_in_the_order_to_apply_them() -> None:
         backend="netlink",
         owners=False,
         history_size=7,
+        metrics_textfile="/run/metrics/portwatchd.prom",
         socket=SocketConfig(max_clients=3),
         ignore=(IgnoreRule(proto="udp"),),
     )
