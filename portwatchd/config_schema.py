@@ -145,7 +145,7 @@ def non_empty_string(value: object) -> str:
 def absolute_path_or_empty(value: object) -> str:
     text = string(value)
     if text and not text.startswith("/"):
-        raise InvalidValueError(f"must be an absolute path (or \"\" for none), got {text!r}")
+        raise InvalidValueError(f'must be an absolute path (or "" for none), got {text!r}')
     return text
 
 

@@ -296,7 +296,9 @@ class EventLog(_ReadSide):
         if not self._loaded or self.store_error is not None:
             return False
         try:
-            result = self._store.prune(self.history_size, before, max_rows)
+            # An event the journal does not have yet stays, whatever the
+            # retention: pruning it would lose it for good.
+            result = self._store.prune(self.history_size, before, max_rows, self.journaled_seq)
         except StoreError as error:
             self.store_error = str(error)
             return False

@@ -143,8 +143,9 @@ class EventStore(Protocol):
 
     def losses(self, after_seq: int, upto_seq: int) -> list[Loss]: ...
 
-    def prune(self, keep: int, before: str | None, max_rows: int) -> PruneResult:
-        """Delete the oldest events beyond `keep` and those older than `before`."""
+    def prune(self, keep: int, before: str | None, max_rows: int, upto_seq: int) -> PruneResult:
+        """Delete the oldest events beyond `keep` and those older than `before`,
+        never one above `upto_seq` (not yet journaled)."""
         ...
 
     def move_aside(self, reason: str) -> str:

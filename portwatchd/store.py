@@ -215,12 +215,14 @@ class Store:
         self._count += added
         self._time_reached = reached
 
-    def prune(self, keep: int, before: str | None, max_rows: int) -> PruneResult:
+    def prune(self, keep: int, before: str | None, max_rows: int, upto_seq: int) -> PruneResult:
         connection = self._live()
         with self._translated("prune"):
             connection.execute("BEGIN IMMEDIATE")
             try:
-                deleted = storefile.prune_rows(connection, self._count - keep, before, max_rows)
+                deleted = storefile.prune_rows(
+                    connection, self._count - keep, before, max_rows, upto_seq
+                )
                 (oldest,) = connection.execute("SELECT MIN(seq) FROM events").fetchone()
                 if oldest is not None:
                     connection.execute("DELETE FROM losses WHERE to_seq < ?", (oldest,))

@@ -232,21 +232,22 @@ def write_sockets(connection: sqlite3.Connection, batch: Batch) -> None:
 
 
 def prune_rows(
-    connection: sqlite3.Connection, excess: int, before: str | None, max_rows: int
+    connection: sqlite3.Connection, excess: int, before: str | None, max_rows: int, upto_seq: int
 ) -> int:
-    """Delete the `excess` oldest events, then those older than `before`; at most max_rows."""
+    """Delete the `excess` oldest events, then those older than `before`; at
+    most max_rows, and none with a seq above `upto_seq`."""
     deleted = 0
     excess = min(excess, max_rows)
     if excess > 0:
         deleted += connection.execute(
-            "DELETE FROM events WHERE seq <="
+            "DELETE FROM events WHERE seq <= ? AND seq <="
             " (SELECT seq FROM events ORDER BY seq LIMIT 1 OFFSET ?)",
-            (excess - 1,),
+            (upto_seq, excess - 1),
         ).rowcount
     if before is not None and deleted < max_rows:
         deleted += connection.execute(
             "DELETE FROM events WHERE seq IN"
-            " (SELECT seq FROM events WHERE time < ? ORDER BY time LIMIT ?)",
-            (before, max_rows - deleted),
+            " (SELECT seq FROM events WHERE time < ? AND seq <= ? ORDER BY time LIMIT ?)",
+            (before, upto_seq, max_rows - deleted),
         ).rowcount
     return deleted

@@ -42,8 +42,10 @@ def open_log(directory: Path | str, **options: Any) -> EventLog:
 
 
 def filled(directory: Path, count: int, **options: Any) -> EventLog:
+    """A log of `count` events, all of them journaled (retention may prune them)."""
     log = open_log(directory, **options)
     log.append([draft(minutes) for minutes in range(1, count + 1)])
+    log.mark_journaled(log.last_seq)
     return log
 
 
@@ -74,7 +76,8 @@ def test_append_mints_seqs_and_ids_and_returns_what_page_reads(tmp_path: Path) -
 
 
 def test_history_survives_a_clean_restart_without_a_gap(tmp_path: Path) -> None:
-    log = filled(tmp_path, 3)
+    log = open_log(tmp_path)
+    log.append([draft(minutes) for minutes in range(1, 4)])
     ssh = Endpoint("tcp", "ipv4", "0.0.0.0", 22, inode=7)
     dns = Endpoint("udp", "ipv6", "::1", 53, inode=8)
     log.append([], added=[(ssh, Owner(pid=1, comm="sshd")), (dns, Owner())])
@@ -152,6 +155,20 @@ def test_retention_keeps_the_newest_and_paging_skips_what_is_gone(tmp_path: Path
     # A client that fell behind the history gets everything still held.
     assert seqs(log.page(ANY, 3, 100)) == list(range(31, 51))
     assert newest(log, ANY, 100) == list(range(31, 51))
+
+
+def test_retention_never_prunes_what_the_journal_does_not_have_yet(tmp_path: Path) -> None:
+    log = open_log(tmp_path, history_size=20)
+    log.append([draft(minutes) for minutes in range(1, 51)])
+    log.mark_journaled(10)  # journald stalled after seq 10
+    while log.prune_step(START, max_rows=7):
+        pass
+    assert (log.count, log.oldest_seq) == (40, 11)
+    assert seqs(log.page(ANY, 10, 100)) == list(range(11, 51))
+    log.mark_journaled(50)
+    while log.prune_step(START, max_rows=7):
+        pass
+    assert (log.count, log.oldest_seq) == (20, 31)
 
 
 def test_retention_by_age_in_bounded_steps(tmp_path: Path) -> None:
@@ -274,6 +291,7 @@ def test_page_and_newest_start_agree_with_a_plain_filter(
     with tempfile.TemporaryDirectory() as directory:
         log = open_log(directory, history_size=history_size)
         appended = log.append([draft(m, t, p, n) for t, p, n, m in specs])
+        log.mark_journaled(log.last_seq)
         log.prune_step(START, max_rows=100)
         expected = [
             event
