@@ -59,11 +59,22 @@ apt_install() {
     fi
     say "installing Debian packages:$missing"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get update -qq; then
-        die "'apt-get update' failed (its errors are above): the Debian mirrors in /etc/apt/sources.list.d/ could not be reached or read. Check the network (and any proxy: /etc/apt/apt.conf.d/), then run this again."
+    # apt-get update exits 0 when a mirror cannot be reached (it warns and
+    # keeps the old lists): its warnings explain a failed install below.
+    update_log=$(mktemp)
+    if ! apt-get update -qq >"$update_log" 2>&1; then
+        cat "$update_log" >&2
+        rm -f "$update_log"
+        die "'apt-get update' failed (above). Check the network (and any proxy: /etc/apt/apt.conf.d/) and the mirrors in /etc/apt/sources.list.d/, then run this again."
     fi
+    unreachable=$(grep -E '^(W|E): Failed to fetch' "$update_log" || true)
+    cat "$update_log"
+    rm -f "$update_log"
     # shellcheck disable=SC2086
     if ! apt-get install -y -qq --no-install-recommends $missing; then
+        if [ -n "$unreachable" ]; then
+            die "cannot reach the Debian mirrors ('apt-get update': $(echo "$unreachable" | head -n 1)), so$missing could not be installed. Check the network (and any proxy: /etc/apt/apt.conf.d/) and /etc/apt/sources.list.d/, then run this again."
+        fi
         die "'apt-get install$missing' failed (its errors are above); fix that, then run this again."
     fi
 }
