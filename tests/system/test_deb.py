@@ -540,7 +540,7 @@ def test_install_upgrade_remove_purge(packages: Packages, box: Sandbox) -> None:
     assert not is_active(box, "portwatchd.socket"), "remove left the socket listening"
     assert exists(box, CONFIG), "remove deleted the conffile (only purge may)"
     assert exists(box, STATE_DIR), "remove deleted the state (only purge may)"
-    assert not exists(box, "/run/portwatchd"), "remove left the dead control socket"
+    assert not exists(box, "/run/portwatchd/control.sock"), "remove left the dead control socket"
 
     # --- purge: nothing left but the system user and group ------------------
     apt_get(box, "purge", "portwatchd")
