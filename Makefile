@@ -1,6 +1,9 @@
 # The verbs: setup, run, test, bench, lint, install, deb.
 VENV     := .venv
 PY       := $(VENV)/bin/python
+# What running needs (Debian packages, .venv with portwatchd), and what
+# testing adds (build tools, the pinned tools of requirements-dev.txt).
+RUN_STAMP := $(VENV)/.run-stamp
 STAMP    := $(VENV)/.setup-stamp
 RUN_ARGS ?=
 BENCH_ARGS ?=
@@ -9,15 +12,18 @@ PYTEST_ARGS ?=
 .PHONY: setup run test bench lint install uninstall deb clean
 
 setup:
-	./scripts/setup.sh
+	./scripts/setup.sh all
+
+$(RUN_STAMP): pyproject.toml scripts/setup.sh
+	./scripts/setup.sh run
 
 $(STAMP): pyproject.toml requirements-dev.txt scripts/setup.sh
-	./scripts/setup.sh
+	./scripts/setup.sh test
 
 # The daemon in the foreground, on built-in defaults, state and socket
 # under ./run so that it needs nothing installed system-wide, and events on
-# this terminal rather than in the journal.
-run: $(STAMP)
+# this terminal rather than in the journal. It needs no PyPI.
+run: $(RUN_STAMP)
 	$(VENV)/bin/portwatchd --state-dir run/state --socket run/control.sock \
 		--log-target stderr $(RUN_ARGS)
 

@@ -4,8 +4,9 @@
 #   scripts/deb.sh [OUTDIR]        OUTDIR defaults to dist/
 #
 # Leaves portwatchd_<version>_all.deb, the .changes and the .buildinfo in
-# OUTDIR, and fails if lintian reports an error or a warning on them or on
-# the source package. DEB_BUILD_OPTIONS=nocheck skips the build-time tests.
+# OUTDIR, and fails if lintian reports any tag on them or on the source
+# package, pedantic and informational ones included (--pedantic -I).
+# DEB_BUILD_OPTIONS=nocheck skips the build-time tests.
 #
 # The build runs in a scratch copy of the tree: dpkg-buildpackage writes its
 # results to the parent directory and leaves build debris (.pybuild/,
@@ -50,8 +51,16 @@ tar -C "$top" -cf - \
 
 set -- "$scratch"/*.changes
 [ -f "$1" ] || { echo "deb.sh: dpkg-buildpackage left no .changes file" >&2; exit 1; }
-# Checked before they reach OUTDIR: what lands there is lintian-clean.
-lintian --fail-on error,warning "$1" "$scratch"/*.dsc
+# Checked before they reach OUTDIR: what lands there is lintian-clean,
+# pedantic and informational tags included. Any tag shown fails the build
+# (--fail-on info would also count tags that lintian masks and never shows).
+status=0
+lintian --pedantic -I "$1" "$scratch"/*.dsc >"$scratch/lintian.out" || status=$?
+if [ "$status" -ne 0 ] || grep -qE '^[EWIPX]: ' "$scratch/lintian.out"; then
+    cat "$scratch/lintian.out" >&2
+    echo "deb.sh: lintian --pedantic -I failed (exit $status) or reports the tags above" >&2
+    exit 1
+fi
 
 built=""
 for file in "$scratch"/*.deb "$scratch"/*.buildinfo "$scratch"/*.changes; do

@@ -7,11 +7,15 @@
 #   the Python package    /usr/local/lib/python3.X/dist-packages/portwatchd
 #   portwatchd, portwatchctl   /usr/local/bin (run by /usr/bin/python3)
 #   the units             /etc/systemd/system/portwatchd.{service,socket}
+#   the daemon's user     portwatchd (system user and group, from
+#                         /usr/local/lib/sysusers.d/portwatchd.conf; members
+#                         of the group may query) and /run/portwatchd
+#                         (/usr/local/lib/tmpfiles.d/portwatchd.conf)
 #   the journal catalog   /usr/local/lib/systemd/catalog/portwatchd.catalog
 #   the man pages         /usr/local/share/man/man{1,5,8}
 #   bash completion       /usr/local/share/bash-completion/completions/portwatchctl
-#   a default config      /etc/portwatchd/portwatchd.toml (only if absent)
-#   the socket's group    portwatchd (system group; members may query)
+#   a default config      /etc/portwatchd/portwatchd.toml (only if absent),
+#                         and the drop-in directory /etc/portwatchd/portwatchd.d
 #
 # It needs no network: the run-time libraries are Debian's python3-systemd
 # and python3-sdnotify (installed by `make setup`), and the package is built
@@ -20,6 +24,8 @@
 # unit runs with ProtectHome=yes, and a work tree under /root or /home would
 # be unreachable (status=203/EXEC).
 set -eu
+# Everything installed must be readable by the daemon's user.
+umask 022
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 # Debian's pip installs outside a venv into /usr/local (its "posix_local"
@@ -30,8 +36,10 @@ UNIT_DIR=/etc/systemd/system
 CATALOG_DIR=$PREFIX/lib/systemd/catalog
 MAN_DIR=$PREFIX/share/man
 COMPLETION_DIR=$PREFIX/share/bash-completion/completions
+SYSUSERS_DIR=$PREFIX/lib/sysusers.d
+TMPFILES_DIR=$PREFIX/lib/tmpfiles.d
 CONFIG_DIR=/etc/portwatchd
-GROUP=portwatchd
+USER_NAME=portwatchd
 
 say() { echo "install: $*"; }
 die() { echo "install: $*" >&2; exit 1; }
@@ -75,8 +83,9 @@ install_package() {
 
 install_units() {
     say "installing the units into $UNIT_DIR"
-    # The shipped unit names /usr/bin (the Debian package's path).
-    sed "s|^ExecStart=/usr/bin/portwatchd|ExecStart=$PREFIX/bin/portwatchd|" \
+    # The shipped unit names the Debian package's paths.
+    sed -e "s|^ExecStart=/usr/sbin/portwatchd|ExecStart=$PREFIX/bin/portwatchd|" \
+        -e "s|^ExecReload=+/usr/bin/portwatchctl|ExecReload=+$PREFIX/bin/portwatchctl|" \
         "$SRC/packaging/portwatchd.service" >"$UNIT_DIR/portwatchd.service.tmp"
     chmod 0644 "$UNIT_DIR/portwatchd.service.tmp"
     mv "$UNIT_DIR/portwatchd.service.tmp" "$UNIT_DIR/portwatchd.service"
@@ -108,17 +117,27 @@ install_completion() {
     install -m 0644 "$SRC/completion/portwatchctl" "$COMPLETION_DIR/portwatchctl"
 }
 
+# The user and group from sysusers.d, /run/portwatchd from tmpfiles.d, as
+# the Debian package has them. Both tools work without a running systemd.
+install_user() {
+    install -d "$SYSUSERS_DIR" "$TMPFILES_DIR"
+    install -m 0644 "$SRC/packaging/portwatchd.sysusers" "$SYSUSERS_DIR/portwatchd.conf"
+    install -m 0644 "$SRC/packaging/portwatchd.tmpfiles" "$TMPFILES_DIR/portwatchd.conf"
+    say "creating the system user and group $USER_NAME if missing (members of the group may use portwatchctl)"
+    systemd-sysusers portwatchd.conf
+    systemd-tmpfiles --create portwatchd.conf
+}
+
 install_config() {
-    install -d -m 0755 "$CONFIG_DIR"
+    install -d -m 0755 "$CONFIG_DIR" "$CONFIG_DIR/portwatchd.d"
+    if [ ! -e "$CONFIG_DIR/portwatchd.d/README" ]; then
+        install -m 0644 "$SRC/packaging/portwatchd.d/README" "$CONFIG_DIR/portwatchd.d/README"
+    fi
     if [ -e "$CONFIG_DIR/portwatchd.toml" ]; then
         say "keeping the existing $CONFIG_DIR/portwatchd.toml"
     elif [ -e "$SRC/packaging/portwatchd.toml" ]; then
         say "installing a default $CONFIG_DIR/portwatchd.toml"
         install -m 0644 "$SRC/packaging/portwatchd.toml" "$CONFIG_DIR/portwatchd.toml"
-    fi
-    if ! getent group "$GROUP" >/dev/null; then
-        say "creating the system group $GROUP (its members may use portwatchctl)"
-        groupadd --system "$GROUP"
     fi
 }
 
@@ -133,6 +152,7 @@ do_install() {
     install_catalog
     install_man_pages
     install_completion
+    install_user
     install_config
     if systemd_running; then
         systemctl daemon-reload
@@ -156,13 +176,14 @@ do_uninstall() {
         rm -f "$MAN_DIR/man${page##*.}/$(basename "$page")"
     done
     rm -f "$COMPLETION_DIR/portwatchctl"
+    rm -f "$SYSUSERS_DIR/portwatchd.conf" "$TMPFILES_DIR/portwatchd.conf"
     if (cd / && "$PYTHON" -I -c 'import portwatchd' 2>/dev/null); then
         pip uninstall --quiet --yes --break-system-packages --root-user-action=ignore portwatchd
     fi
     if systemd_running; then
         systemctl daemon-reload
     fi
-    say "removed; kept $CONFIG_DIR, /var/lib/portwatchd and the group $GROUP"
+    say "removed; kept $CONFIG_DIR, /var/lib/portwatchd and the user and group $USER_NAME"
 }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs system-wide)"

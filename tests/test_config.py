@@ -23,6 +23,7 @@ from portwatchd.config import (
     SocketConfig,
     load_config,
 )
+from tests.other_user import python_as
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,14 +104,16 @@ def check_unreadable(path: str) -> None:
         "except ConfigError as error:\n"
         "    print(error)\n"
     )
-    command = [sys.executable, "-c", program]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("needs setpriv(1) to drop root")
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, check=False, timeout=60
-    )
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = python_as(nobody, "-c", program, check=False, timeout=60)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-c", program],
+            cwd=REPO, capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
     assert result.stdout.strip() == (
         f"{path}: cannot read the configuration file: Permission denied"
     ), result.stderr

@@ -37,6 +37,7 @@ from portwatchd.model import Endpoint, Event, Owner
 from portwatchd.protocol import EventQuery
 from portwatchd.reactor import Reactor, Timer
 from portwatchd.ring import EventRing
+from tests.other_user import python_as
 
 TICK_S = 0.01
 
@@ -365,10 +366,9 @@ def test_rescan_refused_for_non_root(serve: Any, backend: MemoryBackend) -> None
         "import json,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
         's.sendall(b\'{"v":1,"req":"rescan"}\\n\'); print(s.makefile().readline())'
     )
-    result = subprocess.run(
-        ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
-         sys.executable, "-c", code, server.path],
-        capture_output=True, text=True, check=True, timeout=30,
+    result = python_as(
+        ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"],
+        "-c", code, server.path, check=True, timeout=30,
     )  # fmt: skip
     response = json.loads(result.stdout)
     assert error_code(response) == protocol.PERMISSION_DENIED

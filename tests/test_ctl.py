@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from portwatchd import ctl, ctl_parser, protocol
 from portwatchd.ctl_format import Style
 from portwatchd.model import Endpoint, Owner
+from tests.other_user import python_as
 from tests.test_control import MemoryBackend, ServerThread, backend, serve, sockdir
 
 __all__ = ["backend", "serve", "sockdir"]  # fixtures shared with test_control
@@ -41,7 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 def run_ctl(
     *args: str, user: list[str] | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    command = [*(user or []), sys.executable, "-m", "portwatchd.ctl", *args]
+    if user:
+        return python_as(user, "-m", "portwatchd.ctl", *args, env=env, timeout=60, check=False)
+    command = [sys.executable, "-m", "portwatchd.ctl", *args]
     return subprocess.run(
         command,
         capture_output=True,

@@ -1,11 +1,13 @@
 """The Debian package, end to end.
 
 Builds the package with scripts/deb.sh (which also runs lintian and fails on
-any error or warning), then a second time with a higher version, and drives
-the life of an installation in a booted systemd sandbox: install (the
-postinst enables and starts the service), events in the journal and over
-the control socket, an upgrade that keeps the config, the state and every
-event, remove, purge.
+any tag it shows at --pedantic -I), then a second time with a higher
+version, and the 0.1.0 package from its commit, and drives the life of an
+installation in a booted systemd sandbox: install (the postinst creates the
+system user and enables and starts the service), events in the journal and
+over the control socket, an upgrade that keeps the config, the state and
+every event (from the tree's own package, and from 0.1.0, which ran as
+root), an upgrade over a broken configuration, remove, purge.
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ LISTENER = (
 # The daemon scans once a second by default; this is ample on a loaded runner.
 EVENT_TIMEOUT_S = 30.0
 CONFIG = "/etc/portwatchd/portwatchd.toml"
+DROP_IN_README = "/etc/portwatchd/portwatchd.d/README"
 STATE_DIR = "/var/lib/portwatchd"
+# The system user and group the service runs as (sysusers.d).
+SERVICE_USER = "portwatchd"
+# The first release, as packaged (its debian/changelog says 0.1.0): it ran
+# as root and made the group with addgroup.
+RELEASE_0_1_0 = "49d511e"
 ENABLEMENT_LINKS = (
     "/etc/systemd/system/multi-user.target.wants/portwatchd.service",
     "/etc/systemd/system/sockets.target.wants/portwatchd.socket",
@@ -73,6 +81,7 @@ class Packages:
     first: Path  # built from the tree as it is
     upgrade: Path  # the same tree with a higher version in debian/changelog
     upgrade_version: str
+    release_0_1_0: Path | None  # built from RELEASE_0_1_0; None without the git history
 
 
 def build_unavailable_reason() -> str | None:
@@ -122,6 +131,27 @@ def copy_source_tree(dst: Path) -> None:
     shutil.copytree(REPO, dst, symlinks=True, ignore=ignore)
 
 
+def export_commit(commit: str, dst: Path) -> bool:
+    """The tree of `commit` in `dst`; False when the clone lacks it (shallow, or no git)."""
+    if shutil.which("git") is None:
+        return False
+    known = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    if known.returncode != 0:
+        return False
+    dst.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-C", str(dst), "-xf", "-"], input=archive.stdout, check=True)
+    return True
+
+
 def bump_version(source: Path, new_version: str) -> None:
     """Put a new top entry in debian/changelog, as `dch` would."""
     changelog = source / "debian" / "changelog"
@@ -161,10 +191,14 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
     upgrade_version = changelog_version(REPO) + "+upgradetest1"
     bump_version(source, upgrade_version)
     run_build(source, top / "upgrade", nocheck=True)
+    release = top / "release-0.1.0"
+    if export_commit(RELEASE_0_1_0, release / "src"):
+        run_build(release / "src", release / "out", nocheck=True)
     return Packages(
         first=only_deb(top / "first"),
         upgrade=only_deb(top / "upgrade"),
         upgrade_version=upgrade_version,
+        release_0_1_0=only_deb(release / "out") if release.exists() else None,
     )
 
 
@@ -193,10 +227,10 @@ def box() -> Iterator[Sandbox]:
 # --- helpers that act in the sandbox ---------------------------------------
 
 
-def apt_get(box: Sandbox, *args: str) -> None:
+def apt_get(box: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
     # input="": dpkg must never wait on a question (a conffile prompt would
     # otherwise hang the test instead of failing it).
-    box.run(
+    return box.run(
         "env",
         "DEBIAN_FRONTEND=noninteractive",
         "apt-get",
@@ -208,10 +242,11 @@ def apt_get(box: Sandbox, *args: str) -> None:
     )
 
 
-def install(box: Sandbox, deb: Path) -> None:
+def install(box: Sandbox, deb: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """apt-get install the .deb (with apt `options`); return apt's output."""
     # /tmp in the sandbox: apt's unprivileged _apt user can read it there.
     box.copy_in(str(deb), f"/tmp/{deb.name}")
-    apt_get(box, "install", f"/tmp/{deb.name}")
+    return apt_get(box, *options, "install", f"/tmp/{deb.name}")
 
 
 def unit_property(box: Sandbox, unit: str, name: str) -> str:
@@ -230,10 +265,54 @@ def group_exists(box: Sandbox, group: str) -> bool:
     return box.run("getent", "group", group, check=False).returncode == 0
 
 
-def open_port(box: Sandbox, port: int) -> str:
-    """Start a listener on 127.0.0.1:port as a transient unit; return the unit."""
+def user_exists(box: Sandbox, user: str) -> bool:
+    return box.run("getent", "passwd", user, check=False).returncode == 0
+
+
+def gid_of(box: Sandbox, group: str) -> int:
+    return int(box.run("getent", "group", group).stdout.split(":")[2])
+
+
+def owner_of(box: Sandbox, path: str) -> str:
+    """`user:group` of every file under `path`, or of the first that differs."""
+    owners = box.run("find", path, "-printf", "%u:%g\\n").stdout.split()
+    return owners[0] if len(set(owners)) == 1 else f"mixed: {sorted(set(owners))}"
+
+
+def daemon_credentials(box: Sandbox) -> dict[str, str]:
+    """The Uid, Gid, Groups and Cap* lines of the running daemon's /proc status."""
+    pid = unit_property(box, "portwatchd.service", "MainPID")
+    assert pid != "0", f"portwatchd is not running\n{service_report(box)}"
+    lines = box.read_file(f"/proc/{pid}/status").splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def assert_runs_as_its_own_user(box: Sandbox) -> None:
+    uid = box.run("id", "-u", SERVICE_USER).stdout.strip()
+    credentials = daemon_credentials(box)
+    assert credentials["Uid"].split() == [uid] * 4, credentials
+    journal_gid = str(gid_of(box, "systemd-journal"))
+    assert journal_gid in credentials["Groups"].split(), credentials
+    # CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19), effective and
+    # bounding, and nothing else.
+    wanted = (1 << 2) | (1 << 19)
+    for line in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
+        assert int(credentials[line], 16) == wanted, (line, credentials)
+
+
+def open_port(box: Sandbox, port: int, user: str = "root") -> str:
+    """Start a listener on 127.0.0.1:port as a transient unit of `user`; return the unit."""
     unit = f"pwtest-listen-{port}.service"
-    box.run("systemd-run", f"--unit={unit}", "--quiet", "python3", "-c", LISTENER, str(port))
+    box.run(
+        "systemd-run",
+        f"--unit={unit}",
+        f"--uid={user}",
+        "--quiet",
+        "python3",
+        "-c",
+        LISTENER,
+        str(port),
+    )
     return unit
 
 
@@ -290,17 +369,22 @@ def test_package_declares_its_dependencies_and_ships_its_files(packages: Package
         ["dpkg-deb", "--field", deb, "Depends"], capture_output=True, text=True, check=True
     ).stdout
     # pybuild maps pyproject's systemd-python and sdnotify to Debian's names;
-    # the postinst calls addgroup.
-    for package in ("python3-systemd", "python3-sdnotify", "python3:any", "adduser"):
+    # the postinst runs systemd-sysusers (no more addgroup: no adduser).
+    for package in ("python3-systemd", "python3-sdnotify", "python3:any", "systemd-sysusers"):
         assert package in depends, f"{package} missing from Depends: {depends}"
+    assert "adduser" not in depends, depends
 
     listing = subprocess.run(
         ["dpkg-deb", "--contents", deb], capture_output=True, text=True, check=True
     ).stdout
     files = {line.split()[5].lstrip(".") for line in listing.splitlines()}
     for path in (
-        "/usr/bin/portwatchd",
+        "/usr/sbin/portwatchd",
         "/usr/bin/portwatchctl",
+        "/usr/lib/sysusers.d/portwatchd.conf",
+        "/usr/lib/tmpfiles.d/portwatchd.conf",
+        DROP_IN_README,
+        "/usr/share/doc/portwatchd/README.md.gz",
         "/lib/systemd/system/portwatchd.service",
         "/lib/systemd/system/portwatchd.socket",
         "/usr/lib/systemd/catalog/portwatchd.catalog",
@@ -312,6 +396,8 @@ def test_package_declares_its_dependencies_and_ships_its_files(packages: Package
         "/usr/share/doc/portwatchd/copyright",
     ):
         assert path in files, f"{path} is not in the package"
+    # The daemon is not a user command.
+    assert "/usr/bin/portwatchd" not in files
     # Only the module and its metadata: nothing that the build-time tests
     # copied next to it (tests/, packaging/, pyproject.toml, caches).
     site = "/usr/lib/python3/dist-packages/"
@@ -326,7 +412,7 @@ def test_package_declares_its_dependencies_and_ships_its_files(packages: Package
     control = subprocess.run(
         ["dpkg-deb", "--info", deb, "conffiles"], capture_output=True, text=True, check=True
     ).stdout
-    assert control.split() == [CONFIG]
+    assert sorted(control.split()) == sorted([CONFIG, DROP_IN_README])
 
 
 def test_autopkgtest_passes_on_the_installed_package(packages: Packages, box: Sandbox) -> None:
@@ -343,10 +429,10 @@ def test_autopkgtest_passes_on_the_installed_package(packages: Packages, box: Sa
     assert result.returncode == 0, f"autopkgtest failed:\n{result.stdout}\n{result.stderr}"
 
 
-def test_install_upgrade_remove_purge(packages: Packages, box: Sandbox) -> None:
-    # --- install: the postinst creates the group, enables and starts ---------
-    install(box, packages.first)
-    assert group_exists(box, "portwatchd"), "the postinst did not create the group"
+def install_and_see_a_port(box: Sandbox, deb: Path) -> str:
+    """Install `deb`, open 18081, see it reported; add the users pwmember and
+    pwoutsider. Return the listener's unit."""
+    install(box, deb)
     for unit in ("portwatchd.service", "portwatchd.socket"):
         assert is_active(box, unit), f"{unit} is not running after install\n{service_report(box)}"
         assert box.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
@@ -369,8 +455,14 @@ def test_install_upgrade_remove_purge(packages: Packages, box: Sandbox) -> None:
     refused = box.run("portwatchctl", "events", user="pwoutsider", check=False)
     assert refused.returncode == 4, refused  # 4: permission denied
     assert "group 'portwatchd'" in refused.stderr  # names the group to join
+    return first_port
 
-    # --- upgrade: restarted, config and state kept, no event lost ------------
+
+def upgrade_and_lose_nothing(
+    box: Sandbox, first_port: str, deb: Path, version: str, *apt_options: str
+) -> None:
+    """Upgrade to `deb` with ports changing around it: restarted, config and
+    state kept, every change reported once, seqs going on."""
     box.write_file(CONFIG, box.read_file(CONFIG) + OPERATOR_NOTE)
     invocation_before = unit_property(box, "portwatchd.service", "InvocationID")
     assert box.run("ls", "-A", STATE_DIR).stdout.strip(), "the daemon persisted no state"
@@ -385,12 +477,12 @@ def test_install_upgrade_remove_purge(packages: Packages, box: Sandbox) -> None:
     # starts.
     box.write_file(DOWN_WINDOW_DROPIN, DOWN_WINDOW_UNIT_TEXT)
     box.run("systemctl", "daemon-reload")
-    install(box, packages.upgrade)
+    install(box, deb, *apt_options)
     box.run("rm", DOWN_WINDOW_DROPIN)
     box.run("systemctl", "daemon-reload")
 
-    version = box.run("dpkg-query", "--showformat=${Version}", "--show", "portwatchd").stdout
-    assert version == packages.upgrade_version
+    installed = box.run("dpkg-query", "--showformat=${Version}", "--show", "portwatchd").stdout
+    assert installed == version
     assert is_active(box, "portwatchd.service"), f"not running after upgrade\n{service_report(box)}"
     assert unit_property(box, "portwatchd.service", "InvocationID") != invocation_before, (
         "the service was not restarted by the upgrade"
@@ -417,27 +509,104 @@ def test_install_upgrade_remove_purge(packages: Packages, box: Sandbox) -> None:
     assert seqs == sorted(seqs), f"PORT_EVENT_SEQ went backwards: {seqs}"
     assert int(after["PORT_EVENT_SEQ"]) > max(seqs_before)
     # The history came through the restart: the pre-upgrade event is still
-    # queryable, over the socket that the upgrade recreated.
+    # queryable, over the socket that the upgrade recreated, by a member.
     history = ctl_events(box, user="pwmember")
     assert ctl_has(history, "opened", 18081)
     assert ctl_has(history, "opened", 18083)
 
-    # --- remove: stopped; config, state and group stay ----------------------
+
+def test_install_upgrade_remove_purge(packages: Packages, box: Sandbox) -> None:
+    # --- install: the postinst creates the user, enables and starts ----------
+    first_port = install_and_see_a_port(box, packages.first)
+    assert user_exists(box, SERVICE_USER), "the postinst did not create the user"
+    assert group_exists(box, SERVICE_USER), "the postinst did not create the group"
+    assert_runs_as_its_own_user(box)
+    assert owner_of(box, STATE_DIR) == f"{SERVICE_USER}:{SERVICE_USER}"
+    socket_stat = box.run("stat", "-c", "%a %U %G", "/run/portwatchd/control.sock").stdout
+    assert socket_stat.split() == ["660", "root", "portwatchd"]
+    # Not root, and still names the owner of another user's socket.
+    other = open_port(box, 18085, user="nobody")
+    opened = wait_for_journal_event(box, "opened", 18085)
+    assert (opened.get("PORT_UNIT"), opened.get("PORT_UID")) == (other, "65534"), opened
+    box.run("systemctl", "stop", other)
+
+    # --- upgrade: restarted, config and state kept, no event lost ------------
+    upgrade_and_lose_nothing(box, first_port, packages.upgrade, packages.upgrade_version)
+    assert_runs_as_its_own_user(box)
+
+    # --- remove: stopped; config, state, user and group stay ----------------
     apt_get(box, "remove", "portwatchd")
     assert not is_active(box, "portwatchd.service"), "remove left the service running"
     assert not is_active(box, "portwatchd.socket"), "remove left the socket listening"
     assert exists(box, CONFIG), "remove deleted the conffile (only purge may)"
     assert exists(box, STATE_DIR), "remove deleted the state (only purge may)"
-    assert not exists(box, "/run/portwatchd"), "remove left the dead control socket"
+    assert not exists(box, "/run/portwatchd/control.sock"), "remove left the dead control socket"
 
-    # --- purge: nothing left ------------------------------------------------
+    # --- purge: nothing left but the system user and group ------------------
     apt_get(box, "purge", "portwatchd")
     assert not exists(box, STATE_DIR), "purge left the state behind"
     assert not exists(box, "/etc/portwatchd"), "purge left the config behind"
-    assert not group_exists(box, "portwatchd"), "purge left the group behind"
+    # Debian policy: a system user outlives its package (files may still be
+    # theirs; a reinstall finds the same IDs, and group members keep access).
+    assert user_exists(box, SERVICE_USER), "purge deleted the system user"
+    assert group_exists(box, SERVICE_USER), "purge deleted the system group"
     for link in ENABLEMENT_LINKS:
         assert not exists(box, link), f"purge left {link}"
     status = box.run(
         "dpkg-query", "--showformat=${db:Status-Status}", "--show", "portwatchd", check=False
     ).stdout
     assert status in ("", "not-installed")
+
+
+def test_upgrade_from_0_1_0_takes_over_its_state(packages: Packages, box: Sandbox) -> None:
+    if packages.release_0_1_0 is None:
+        pytest.skip(f"needs the git history with commit {RELEASE_0_1_0} (0.1.0) to build it")
+    first_port = install_and_see_a_port(box, packages.release_0_1_0)
+    # 0.1.0 ran as root, made the group by hand and had no user.
+    assert daemon_credentials(box)["Uid"].split() == ["0"] * 4
+    assert not user_exists(box, SERVICE_USER)
+    gid = gid_of(box, SERVICE_USER)
+    assert owner_of(box, STATE_DIR) == "root:root"
+
+    # The operator's edit is kept (as an admin answering dpkg's conffile
+    # question with "keep" would), and every event goes on.
+    version = changelog_version(REPO)
+    upgrade_and_lose_nothing(
+        box, first_port, packages.first, version, "-o", "Dpkg::Options::=--force-confold"
+    )
+    # The system user joined the existing group: same GID, so the members'
+    # access and group-owned files are untouched.
+    assert user_exists(box, SERVICE_USER)
+    assert gid_of(box, SERVICE_USER) == gid
+    assert box.run("id", "-g", SERVICE_USER).stdout.strip() == str(gid)
+    assert_runs_as_its_own_user(box)
+    # systemd handed the root-owned state to the daemon's user.
+    assert owner_of(box, STATE_DIR) == f"{SERVICE_USER}:{SERVICE_USER}"
+    socket_stat = box.run("stat", "-c", "%a %U %G", "/run/portwatchd/control.sock").stdout
+    assert socket_stat.split() == ["660", "root", "portwatchd"]
+
+
+BROKEN_CONFIG = "# broken on purpose by the upgrade test\n\ninterval = 0\n"
+
+
+def test_upgrade_over_a_broken_configuration_says_so(packages: Packages, box: Sandbox) -> None:
+    install(box, packages.first)
+    box.write_file(CONFIG, BROKEN_CONFIG)
+    upgrade = install(box, packages.upgrade)
+    # Configured all the same (a broken file must not leave a half-configured
+    # package), and apt's output names the problem: file, line and key.
+    status = box.run("dpkg-query", "--showformat=${db:Status-Status}", "--show", "portwatchd")
+    assert status.stdout == "installed"
+    said = upgrade.stdout + upgrade.stderr
+    assert "the configuration has errors" in said, said
+    assert f"{CONFIG}:3" in said and "interval" in said, said
+    # The control socket stays up, and once the file is fixed a restart
+    # works at once (no start limit in the way).
+    assert is_active(box, "portwatchd.socket"), service_report(box)
+    for _ in range(5):
+        box.run("portwatchctl", "status", check=False, timeout=30)
+    assert is_active(box, "portwatchd.socket"), service_report(box)
+    box.write_file(CONFIG, "")
+    box.run("systemctl", "restart", "portwatchd.service", timeout=60)
+    assert is_active(box, "portwatchd.service"), service_report(box)
+    box.run("portwatchctl", "status")

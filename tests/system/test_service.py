@@ -501,3 +501,34 @@ def test_a_stalled_journald_stops_nothing_and_loses_nothing(box: Sandbox) -> Non
     assert opened
     assert main_pid(box) == pid
     wait_for(lambda: ctl(box, "status")["journal_error"] is None, "journal_error to clear")
+
+
+def test_a_broken_configuration_at_start_never_takes_the_socket_down(box: Sandbox) -> None:
+    ensure_running(box)
+    with config_file(box, "# set by a test, broken on purpose\n\ninterval = 0\n"):
+        # Whether the daemon refuses to start or stays up reporting the
+        # error, clients keep coming: each call may trigger a start.
+        box.run("systemctl", "restart", UNIT, check=False, timeout=60)
+        for _ in range(10):
+            box.run("portwatchctl", "status", check=False, timeout=30)
+        socket_state = show(box, "portwatchd.socket", "ActiveState", "Result")
+        assert socket_state == {"ActiveState": "active", "Result": "success"}, socket_state
+    # The file is fixed: a restart works at once, with no start limit in the way.
+    systemctl(box, "restart")
+    assert show(box, UNIT, "ActiveState")["ActiveState"] == "active"
+    assert ctl(box, "status")["interval_s"] == 1.0
+
+
+def test_the_daemon_runs_as_its_own_user_with_two_capabilities(box: Sandbox) -> None:
+    ensure_running(box)
+    status = box.read_file(f"/proc/{main_pid(box)}/status")
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    uid = box.run("id", "-u", "portwatchd").stdout.strip()
+    assert fields["Uid"].split() == [uid] * 4, fields
+    journal_gid = box.run("getent", "group", "systemd-journal").stdout.split(":")[2]
+    assert journal_gid in fields["Groups"].split(), fields
+    # CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19), and nothing else.
+    for line in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
+        assert int(fields[line], 16) == (1 << 2) | (1 << 19), (line, fields)
+    owner = box.run("stat", "-c", "%U:%G", "/var/lib/portwatchd").stdout.strip()
+    assert owner == "portwatchd:portwatchd"
