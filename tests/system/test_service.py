@@ -292,7 +292,9 @@ def test_broken_config_on_reload_keeps_the_daemon_running(box: Sandbox) -> None:
     ensure_running(box)
     pid = main_pid(box)
     with config_file(box, "# set by a test, broken on purpose\n\ninterval = 0\n"):
-        box.run("systemctl", "reload", UNIT)
+        # ExecReload= waits for the daemon's outcome: a refused reload fails.
+        reload = box.run("systemctl", "reload", UNIT, check=False, timeout=60)
+        assert reload.returncode != 0
         refused = wait_for_entry(box, f"MESSAGE_ID={MESSAGE_ID_RELOAD_REFUSED}")
         assert f"{CONFIG}:3" in refused["MESSAGE"] and "interval" in refused["MESSAGE"]
 
@@ -510,9 +512,12 @@ def test_a_broken_configuration_at_start_never_takes_the_socket_down(box: Sandbo
         # error, clients keep coming: each call may trigger a start.
         box.run("systemctl", "restart", UNIT, check=False, timeout=60)
         for _ in range(10):
-            box.run("portwatchctl", "status", check=False, timeout=30)
+            answer = box.run("portwatchctl", "status", check=False, timeout=30)
         socket_state = show(box, "portwatchd.socket", "ActiveState", "Result")
         assert socket_state == {"ActiveState": "active", "Result": "success"}, socket_state
+        # The daemon stays up to say what is wrong, with file, line and key.
+        assert answer.returncode == 5, (answer.stdout, answer.stderr)
+        assert f"{CONFIG}:3" in answer.stderr and "interval" in answer.stderr
     # The file is fixed: a restart works at once, with no start limit in the way.
     systemctl(box, "restart")
     assert show(box, UNIT, "ActiveState")["ActiveState"] == "active"
