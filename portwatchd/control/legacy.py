@@ -1,4 +1,4 @@
-"""The control socket: a Unix stream socket server on the daemon's reactor.
+"""0.1's control socket server, kept until service.py uses transport + handlers.
 
 The scan loop never waits on a client. Everything here runs in reactor
 callbacks on non-blocking sockets, and `publish()` only appends to each
