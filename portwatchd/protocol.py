@@ -43,8 +43,9 @@ each seq greater than the one before: nothing falls between backlog and live
 stream and nothing comes twice. A `{"v": 1, "gap": {"from": .., "to": ..}}`
 line says events were lost from history before they could be sent; a
 `{"v": 1, "loss": {"from_seq": .., "to_seq": .., "time": .., "reason": ..}}` line
-says seqs were handed out whose events were never stored. The stream ends with an error line (e.g. follow_overrun) or when either side
-closes. Without after_seq, since and limit the stream is live only.
+says seqs were handed out whose events were never stored. The stream ends
+with an error line (e.g. follow_overrun) or when either side closes.
+Without after_seq, since and limit the stream is live only.
 
 Event objects are `portwatchd.model.Event.to_dict()`.
 

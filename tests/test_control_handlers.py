@@ -192,7 +192,10 @@ def test_reload_is_answered_when_the_daemon_is_done(serve: Any, daemon: Daemon) 
         assert wait_for(lambda: len(daemon.reloads) == 1)
         # Nothing yet, not even the status asked after it.
         assert select.select([client.sock], [], [], 0.3)[0] == []
-        outcome = {"ok": False, "error": "/etc/portwatchd/portwatchd.toml:3: interval: not a number"}
+        outcome = {
+            "ok": False,
+            "error": "/etc/portwatchd/portwatchd.toml:3: interval: not a number",
+        }
         served.thread.run(lambda: daemon.reloads[0](outcome))
         assert client.read() == {"v": 1, "ok": True, "reload": outcome}
         assert client.read()["status"]["version"] == "0.2.0"  # answered in order, after it
@@ -535,7 +538,9 @@ def test_any_line_gets_one_answer_and_the_server_lives(serve: Any) -> None:
 # --- follow -----------------------------------------------------------------
 
 
-def test_follow_backlog_then_live_without_gap_or_duplicate(serve: Any, history: HistoryDouble) -> None:
+def test_follow_backlog_then_live_without_gap_or_duplicate(
+    serve: Any, history: HistoryDouble
+) -> None:
     history.add(50)
     served = serve()
     client = Client(served.path)
