@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from portwatchd import protocol
-from portwatchd.reactor import Timer
+from portwatchd.reactor import Callback, Reactor, Timer
 
 if TYPE_CHECKING:
     from portwatchd.control.transport import ControlServer
@@ -79,16 +79,101 @@ class _Chunks(Stream):
             closer()  # a generator's `finally` runs now, not at garbage collection
 
 
+class Outbox:
+    """Bytes queued for one client, sent as the socket takes them."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes | memoryview] = deque()
+        self.size = 0
+        self.line_open = False  # the last byte queued is not a "\n"
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+    def put(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+            self.line_open = not data.endswith(b"\n")
+
+    def send(self, sock: socket.socket) -> None:
+        """Send what the socket takes now; OSError when the client went away."""
+        chunks = self.chunks
+        while chunks:
+            chunk = chunks[0]
+            try:
+                sent = sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.size -= sent
+            if sent < len(chunk):
+                chunks[0] = memoryview(chunk)[sent:]
+                return
+            chunks.popleft()
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.size = 0
+
+
+class _Registration:
+    """A socket's standing with the reactor: read and write interest, one timer.
+
+    The timer is not moved when a deadline moves later (it fires early and
+    re-arms), so a busy connection does not leave a cancelled timer per request.
+    """
+
+    def __init__(self, reactor: Reactor, sock: socket.socket) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.reading = False
+        self.writing = False
+        self.timer: Timer | None = None
+        self.timer_due = float("inf")
+
+    def want(self, read: bool, on_read: Callback, write: bool, on_write: Callback) -> None:
+        if read != self.reading:
+            if read:
+                self.reactor.add_reader(self.sock, on_read)
+            else:
+                self.reactor.remove_reader(self.sock)
+            self.reading = read
+        if write != self.writing:
+            if write:
+                self.reactor.add_writer(self.sock, on_write)
+            else:
+                self.reactor.remove_writer(self.sock)
+            self.writing = write
+
+    def arm(self, due: float, callback: Callback) -> None:
+        """Have `callback` run at `due` at the latest."""
+        if due >= self.timer_due:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.reactor.call_later(due - self.reactor.time(), callback)
+        self.timer_due = due
+
+    def fired(self) -> None:
+        self.timer = None
+        self.timer_due = float("inf")
+
+    def drop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.reactor.remove(self.sock)
+
+
 class Connection:
     def __init__(self, server: ControlServer, sock: socket.socket, uid: int | None) -> None:
         self.server = server
         self.reactor = server.reactor
         self.sock = sock
         self.uid = uid
+        self.registration = _Registration(server.reactor, sock)
         self.inbox = bytearray()  # at most MAX_LINE + 1 bytes: one line and its "\n"
-        self.outbox: deque[bytes | memoryview] = deque()
-        self.out_bytes = 0
-        self.line_open = False  # the last byte queued is not a "\n"
+        self.outbox = Outbox()
         self.reply: Stream | None = None
         self.woken = False  # the reply called wake() since its last pull
         # The next slice waits for the socket to become writable: the kernel
@@ -98,12 +183,8 @@ class Connection:
         self.closing = False  # no more requests or replies: flush, then close
         self.peer_done = False  # end of stream read: answer what was asked, then close
         self.closed = False
-        self.reading = False
-        self.writing = False
         self.idle_deadline = self.reactor.time() + server.idle_timeout
         self.write_deadline: float | None = None  # set while the client is behind
-        self.timer: Timer | None = None
-        self.timer_due = float("inf")
         # Bound once: the reactor gets the same callables on every re-registration.
         self._on_readable = self._guarded(self._read)
         self._on_writable = self._guarded(self._writable)
@@ -137,9 +218,9 @@ class Connection:
         once, usually). Never settles here: a stream may wake us from
         inside its own pull, or from the log's notification."""
         self.woken = True
-        if not self.closed and not self.writing:
-            self.reactor.add_writer(self.sock, self._on_writable)
-            self.writing = True
+        registration = self.registration
+        if not self.closed and not registration.writing:
+            registration.want(registration.reading, self._on_readable, True, self._on_writable)
 
     def _writable(self) -> None:
         if self.slice_waiting:
@@ -166,8 +247,7 @@ class Connection:
         self._settle()
 
     def _deadline_reached(self) -> None:
-        self.timer = None
-        self.timer_due = float("inf")
+        self.registration.fired()
         now = self.reactor.time()
         if self.write_deadline is not None and now >= self.write_deadline:
             self.close()  # it stopped reading: drop what it did not take
@@ -182,13 +262,13 @@ class Connection:
     # --- the state machine ----------------------------------------------------
 
     def _waits_for_request(self) -> bool:
-        return not self.closing and self.reply is None and self.out_bytes <= WRITE_BUFFER_HIGH
+        return not self.closing and self.reply is None and self.outbox.size <= WRITE_BUFFER_HIGH
 
     def _settle(self) -> None:
-        self._flush()
+        self.outbox.send(self.sock)
         pulled = False
         slice_due = False  # the reply has more ready: come back for it
-        while not self.closed and not self.closing and self.out_bytes <= WRITE_BUFFER_HIGH:
+        while not self.closed and not self.closing and self.outbox.size <= WRITE_BUFFER_HIGH:
             if self.write_deadline is not None and not self.slice_waiting:
                 # Caught up: the wait for the next request starts now.
                 self.write_deadline = None
@@ -203,7 +283,7 @@ class Connection:
                     break
             elif not self._answer_buffered():
                 break
-            self._flush()
+            self.outbox.send(self.sock)
         if self.closed:
             return
         if self.peer_done and self.reply is None and b"\n" not in self.inbox:
@@ -214,25 +294,6 @@ class Connection:
         self._update_interest(slice_due)
         self._update_timer()
 
-    def _flush(self) -> None:
-        while self.outbox:
-            chunk = self.outbox[0]
-            try:
-                sent = self.sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
-                return
-            self.out_bytes -= sent
-            if sent < len(chunk):
-                self.outbox[0] = memoryview(chunk)[sent:]
-                return
-            self.outbox.popleft()
-
-    def _queue(self, data: bytes) -> None:
-        if data:
-            self.outbox.append(data)
-            self.out_bytes += len(data)
-            self.line_open = not data.endswith(b"\n")
-
     def _finish(self) -> None:
         """No more requests or replies: flush what is queued within write_timeout, then close."""
         if self.closing:
@@ -240,10 +301,11 @@ class Connection:
         self.closing = True
         self.inbox.clear()
         self._end_reply()
+        self.slice_waiting = False
         self.write_deadline = self.reactor.time() + self.server.write_timeout
 
     def _refuse(self, code: str, message: str) -> None:
-        self._queue(protocol.error_line(code, message))
+        self.outbox.put(protocol.error_line(code, message))
         self._finish()
 
     def _answer_buffered(self) -> bool:
@@ -264,7 +326,7 @@ class Connection:
         self.idle_deadline = self.reactor.time() + self.server.idle_timeout
         reply = self.server.answer(line, self.server.caller(self.uid))
         if isinstance(reply, bytes):
-            self._queue(reply)
+            self.outbox.put(reply)
             return True
         self.reply = reply if isinstance(reply, Stream) else _Chunks(reply)
         self.reply.start(self._wake)
@@ -283,7 +345,7 @@ class Connection:
             self._reply_failed(exc)
             return True
         if chunk:
-            self._queue(chunk)
+            self.outbox.put(chunk)
         if reply.finished:
             exclusive = reply.exclusive
             self._end_reply()
@@ -296,10 +358,10 @@ class Connection:
         self.server.log(f"internal error answering a request: {type(exc).__name__}: {exc}")
         exclusive = self.reply is not None and self.reply.exclusive
         self._end_reply()
-        if self.line_open:
+        if self.outbox.line_open:
             self._finish()  # half a line is out: no clean error line is possible
             return
-        self._queue(
+        self.outbox.put(
             protocol.error_line(protocol.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         )
         if exclusive:
@@ -313,7 +375,7 @@ class Connection:
     # --- registration and deadlines -------------------------------------------
 
     def _update_interest(self, slice_due: bool) -> None:
-        below_high = self.out_bytes <= WRITE_BUFFER_HIGH
+        below_high = self.outbox.size <= WRITE_BUFFER_HIGH
         if self.closing or self.peer_done:
             want_read = False
         elif self.reply is not None:
@@ -323,12 +385,6 @@ class Connection:
         else:
             # Pipelined requests wait in the buffer while an answer is out.
             want_read = below_high and b"\n" not in self.inbox
-        if want_read != self.reading:
-            if want_read:
-                self.reactor.add_reader(self.sock, self._on_readable)
-            else:
-                self.reactor.remove_reader(self.sock)
-            self.reading = want_read
         # Writable also means "pull the next slice" (at once, usually); a
         # reply with nothing ready waits for its wake() instead.
         want_write = bool(self.outbox) or slice_due
@@ -338,30 +394,17 @@ class Connection:
             self.slice_waiting = False  # nothing more to send for now: not behind
             if below_high:
                 self.write_deadline = None
-        if want_write != self.writing:
-            if want_write:
-                self.reactor.add_writer(self.sock, self._on_writable)
-            else:
-                self.reactor.remove_writer(self.sock)
-            self.writing = want_write
+        self.registration.want(want_read, self._on_readable, want_write, self._on_writable)
         if (slice_due or not below_high) and self.write_deadline is None:
             self.write_deadline = self.reactor.time() + self.server.write_timeout
 
     def _update_timer(self) -> None:
-        """One timer per connection, at its earliest deadline. It is not
-        moved when a deadline moves later (it fires early and re-arms), so
-        a busy connection does not leave a cancelled timer per request."""
         due = float("inf")
         if self.write_deadline is not None:
             due = self.write_deadline
         if self._waits_for_request():
             due = min(due, self.idle_deadline)
-        if due >= self.timer_due:
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.reactor.call_later(due - self.reactor.time(), self._on_timer)
-        self.timer_due = due
+        self.registration.arm(due, self._on_timer)
 
     def close(self) -> None:
         """Close now, dropping whatever the client did not take."""
@@ -369,12 +412,8 @@ class Connection:
             return
         self.closed = True
         self._end_reply()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.reactor.remove(self.sock)
+        self.registration.drop()
         self.sock.close()
         self.outbox.clear()
-        self.out_bytes = 0
         self.inbox.clear()
         self.server.forget(self)
