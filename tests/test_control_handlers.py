@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portwatchd import protocol
+from portwatchd.control.connection import WRITE_BUFFER_HIGH
 from portwatchd.control.follow import EVENTS_PER_SLICE
 from portwatchd.control.handlers import ConfigErrorHandlers, RequestHandlers
 from portwatchd.control.transport import Caller
@@ -286,6 +287,7 @@ def test_events_filters(serve: Any, history: HistoryDouble) -> None:
     assert seqs(limit=0) == []
     assert seqs(since="2026-11-25T14:00:12Z") == [12, 13, 14, 15]
     assert seqs(until="2026-11-25T14:00:03Z") == [1, 2, 3]
+    assert seqs(until="2026-11-25T14:00:08Z", limit=2) == [7, 8]  # the newest two until then
     assert seqs(since="2026-11-25T14:00:04Z", until="2026-11-25T15:00:06+01:00") == [4, 5, 6]
     response = ask(served.path, req="events", limit=1)
     assert response["last_seq"] == 15 and response["oldest_seq"] == 1
@@ -439,6 +441,31 @@ def test_whole_history_of_200000_events_never_holds_the_loop(
     # Each slice is ~3 ms of work; generous bounds for a loaded 2-core machine.
     assert slowest[0] < 0.1, f"one slice took {slowest[0] * 1000:.0f} ms"
     assert stall < 0.25, f"loop stalled {stall:.3f} s"
+
+
+def test_a_slow_reader_holds_at_most_one_slice_past_the_high_water_mark(
+    serve: Any, history: HistoryDouble
+) -> None:
+    history.add(20_000)
+    served = serve()
+    client = Client(served.path, timeout=60)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    held: list[int] = []
+
+    def unsent() -> int:
+        return max((c.outbox.size for c in served.thread.server._connections), default=0)
+
+    try:
+        client.send(b'{"v":1,"req":"events"}\n')
+        received = 0
+        while received < 2_000_000:  # a quarter of the answer, 64 KB at a time
+            received += len(client.stream.read(65536))
+            held.append(served.thread.run(unsent))
+            time.sleep(0.01)
+    finally:
+        client.close()
+    slice_bytes = EVENTS_PER_SLICE * 500  # an event is about 400 bytes of JSON
+    assert max(held) <= WRITE_BUFFER_HIGH + slice_bytes
 
 
 def test_pipelining_client_that_never_reads_is_closed_after_write_timeout(
@@ -740,3 +767,18 @@ def test_follower_stuck_on_its_backlog_is_dropped_after_write_timeout(
         assert 0 < received.count(b"\n") < 5001  # cut off part-way through the backlog
     finally:
         client.close()
+
+
+def test_closing_the_server_ends_followers_and_the_subscription(
+    serve: Any, history: HistoryDouble
+) -> None:
+    served = serve()
+    client = Client(served.path)
+    try:
+        client.ask(req="follow")
+        assert len(history.subscribers) == 1
+        served.thread.stop()
+        assert client.read_until_closed() == []
+    finally:
+        client.close()
+    assert served.handlers.followers == 0 and history.subscribers == []
