@@ -21,7 +21,8 @@ read), a write timeout for a client that stays behind, an idle timeout
 while waiting for a request. Per server: `max_clients` connections, of which
 one uid holds at most `per_uid_limit`; root (uid 0) gets ROOT_RESERVED_SLOTS
 more, so that a flood from others never locks the administrator out.
-A refused client is told `busy`, with the reason.
+A refused client is told `busy`, with the reason only: portwatchctl adds
+what to do ("try again").
 """
 
 from __future__ import annotations
@@ -221,17 +222,16 @@ class ControlServer:
             if total < self.max_clients + ROOT_RESERVED_SLOTS:
                 return None
             return (
-                f"too many clients ({total}, root's {ROOT_RESERVED_SLOTS} reserved slots "
-                "included); try again later"
+                f"too many clients ({total}, root's {ROOT_RESERVED_SLOTS} reserved slots included)"
             )
         if total >= self.max_clients:
-            return f"too many clients ({self.max_clients}); try again later"
+            return f"too many clients ({self.max_clients})"
         held = self._per_uid[uid]
         if held >= self.per_uid_limit:
             return (
                 f"too many connections from your user (uid {uid} holds {held}; "
                 f"at most {self.per_uid_limit} of the daemon's {self.max_clients} per user); "
-                "close some and try again"
+                "close some"
             )
         return None
 
