@@ -26,9 +26,9 @@ import pytest
 
 from portwatchd import ctl, protocol
 from portwatchd.model import Endpoint, Owner
-from tests.test_control import MemoryBackend, ServerThread, backend, serve, sockdir
+from tests.control_fixtures import MemoryBackend, ServerThread, backend, serve, sockdir
 
-__all__ = ["backend", "serve", "sockdir"]  # fixtures shared with test_control
+__all__ = ["backend", "serve", "sockdir"]  # fixtures shared with the control tests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -414,7 +414,7 @@ def test_follow_overrun_reconnects_and_resumes(serve: Any, backend: MemoryBacken
         out = LineReader(process.stdout)
         err = LineReader(process.stderr)
         for _ in range(200):  # wait until it follows
-            if server.run(lambda: len(server.server._followers)):
+            if server.run(lambda: server.followers):
                 break
             threading.Event().wait(0.02)
         server.add_and_publish(50)  # one batch larger than its queue: cut off
