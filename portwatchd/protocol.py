@@ -8,32 +8,44 @@ Requests (client -> daemon)::
     {"v": 1, "req": "status"}
     {"v": 1, "req": "ports"}
     {"v": 1, "req": "rescan"}                           # root only (SO_PEERCRED)
+    {"v": 1, "req": "reload"}                           # root only; answered when done
+    {"v": 1, "req": "metrics"}
     {"v": 1, "req": "events", "after_seq": 41, "since": "2026-11-25T14:00:00Z",
-     "limit": 10, "type": "opened", "proto": "tcp", "port": 22}   # every filter optional
-    {"v": 1, "req": "follow", ...same filters as events...}
+     "until": "2026-11-25T15:00:00Z", "limit": 10, "type": "opened", "proto": "tcp",
+     "port": 22}                                        # every filter optional
+    {"v": 1, "req": "follow", ...same filters as events but until...}
 
 Responses (daemon -> client), one line each::
 
     {"v": 1, "ok": true, "status": {...}}
     {"v": 1, "ok": true, "ports": [{...endpoint..., "owner": {...}}, ...]}
     {"v": 1, "ok": true}                                            # rescan
-    {"v": 1, "ok": true, "events": [...], "oldest_seq": 7, "last_seq": 1006}
+    {"v": 1, "ok": true, "reload": {...the daemon's outcome...}}    # reload
+    {"v": 1, "ok": true, "metrics": "# HELP ...\n"}                 # Prometheus text
+    {"v": 1, "ok": true, "oldest_seq": 7, "last_seq": 1006, "events": [...]}
     {"v": 1, "ok": false, "error": {"code": "bad_request", "message": "..."}}
 
-`events` semantics (the ring's): every filter must match; `limit` keeps the
-OLDEST matches after `after_seq` when it is given (paging forward misses
-nothing), else the NEWEST matches ("the last 10"); the result is oldest
-first. When `after_seq` is older than the oldest event still held, the
-response also carries `"gap": {"from": first_missing, "to": last_missing}`.
+`events` semantics: every filter must match (`since`: time >= since,
+`until`: time <= until); `limit` keeps the OLDEST matches after `after_seq`
+when it is given (paging forward misses nothing), else the NEWEST matches
+("the last 10"); the result is oldest first and ends at the `last_seq` the
+reply names. When `after_seq` is older than the oldest event still held,
+the response also carries `"gap": {"from": first_missing, "to": last_missing}`;
+seqs that were handed out but never stored are listed in
+`"losses": [{"from_seq": .., "to_seq": .., "time": .., "reason": ..}, ...]`.
+A daemon that started with a broken configuration answers `status` only and
+refuses every other request with `config_error`.
 
 `follow` answers with an ok header `{"v": 1, "ok": true, "follow": {"after_seq": N}}`
 (N: the seq the stream continues after), then the backlog selected like
 `events`, then live events, one per line, as `{"v": 1, "event": {...}}`,
 each seq greater than the one before: nothing falls between backlog and live
 stream and nothing comes twice. A `{"v": 1, "gap": {"from": .., "to": ..}}`
-line says events were lost from history before they could be sent. The
-stream ends with an error line (e.g. follow_overrun) or when either side
-closes. Without after_seq, since and limit the stream is live only.
+line says events were lost from history before they could be sent; a
+`{"v": 1, "loss": {"from_seq": .., "to_seq": .., "time": .., "reason": ..}}` line
+says seqs were handed out whose events were never stored. The stream ends
+with an error line (e.g. follow_overrun) or when either side closes.
+Without after_seq, since and limit the stream is live only.
 
 Event objects are `portwatchd.model.Event.to_dict()`.
 
@@ -57,8 +69,8 @@ MAX_LINE = 64 * 1024
 DEFAULT_SOCKET = "/run/portwatchd/control.sock"
 SOCKET_ENV = "PORTWATCHD_SOCKET"
 
-REQUESTS = ("events", "ports", "status", "follow", "rescan")
-MUTATING_REQUESTS = frozenset({"rescan"})
+REQUESTS = ("events", "ports", "status", "follow", "rescan", "reload", "metrics")
+MUTATING_REQUESTS = frozenset({"rescan", "reload"})
 
 # Named error codes: clients branch on these, never on message text.
 BAD_JSON = "bad_json"
@@ -71,6 +83,7 @@ PERMISSION_DENIED = "permission_denied"
 FOLLOW_OVERRUN = "follow_overrun"
 VERSION_MISMATCH = "version_mismatch"
 INTERNAL = "internal"
+CONFIG_ERROR = "config_error"  # the daemon runs on a broken configuration: status only
 ERROR_CODES = frozenset(
     {
         BAD_JSON,
@@ -83,12 +96,13 @@ ERROR_CODES = frozenset(
         FOLLOW_OVERRUN,
         VERSION_MISMATCH,
         INTERNAL,
+        CONFIG_ERROR,
     }
 )
 
 _EVENT_TYPES = ("opened", "closed")  # model.EVENT_TYPES, without importing dataclasses
 _PROTOS = ("tcp", "udp")
-_QUERY_FIELDS = ("after_seq", "since", "limit", "type", "proto", "port")
+_QUERY_FIELDS = ("after_seq", "since", "until", "limit", "type", "proto", "port")
 
 
 class ProtocolError(Exception):
@@ -103,7 +117,8 @@ class ProtocolError(Exception):
 class EventQuery:
     """The filters of an `events` or `follow` request; None means "any".
 
-    `since` is an RFC 3339 timestamp (naive means UTC), as the ring takes it.
+    `since` and `until` are RFC 3339 timestamps (naive means UTC), bounds
+    included: the events with since <= time <= until.
     A plain slotted class rather than a dataclass: importing `dataclasses`
     would cost portwatchctl's start-up time for nothing.
     """
@@ -115,6 +130,7 @@ class EventQuery:
         *,
         after_seq: int | None = None,
         since: str | None = None,
+        until: str | None = None,
         limit: int | None = None,
         type: str | None = None,  # shadows the builtin: it is the wire's field name
         proto: str | None = None,
@@ -122,6 +138,7 @@ class EventQuery:
     ) -> None:
         self.after_seq = after_seq
         self.since = since
+        self.until = until
         self.limit = limit
         self.type = type
         self.proto = proto
@@ -169,9 +186,38 @@ def encode_with_list(message: dict[str, Any], key: str, items: Sequence[bytes]) 
     The daemon encodes each event once and reuses the text: a whole-ring
     `events` answer is then a join, not a thousand dict conversions.
     """
+    return b"".join((list_head(message, key), list_items(items, first=True), LIST_END))
+
+
+def list_head(message: dict[str, Any], key: str) -> bytes:
+    """The start of encode_with_list's line, up to and including `"key":[`.
+
+    With list_items() and LIST_END it lets the daemon send a long list in
+    slices, each slice encoded just before it is sent, byte for byte the
+    line encode_with_list would build whole.
+    """
     head = json.dumps(message, separators=(",", ":"), ensure_ascii=False)[:-1]
-    separator = b"," if message else b""
-    return b"".join((head.encode(), separator, f'"{key}":['.encode(), b",".join(items), b"]}\n"))
+    separator = "," if message else ""
+    return f'{head}{separator}"{key}":['.encode()
+
+
+def list_items(items: Sequence[bytes], *, first: bool) -> bytes:
+    """A slice of a list's items (JSON text); `first`: no comma before it."""
+    if not items:
+        return b""
+    joined = b",".join(items)
+    return joined if first else b"," + joined
+
+
+LIST_END = b"]}\n"
+
+
+def list_tail(fields: dict[str, Any]) -> bytes:
+    """The end of a list_head() line, with `fields` after the list (LIST_END if none)."""
+    if not fields:
+        return LIST_END
+    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return b"]," + text[1:].encode() + b"\n"
 
 
 def decode(line: bytes | str) -> dict[str, Any]:
@@ -211,6 +257,10 @@ def ok(**fields: Any) -> dict[str, Any]:
 
 def error(code: str, message: str) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "ok": False, "error": {"code": code, "message": message}}
+
+
+def error_line(code: str, message: str) -> bytes:
+    return encode(error(code, message))
 
 
 def version_mismatch_message(theirs: object, side: str = "portwatchd") -> str:
@@ -255,13 +305,13 @@ def _choice_field(message: dict[str, Any], name: str, choices: tuple[str, ...]) 
     return value
 
 
-def _since_field(message: dict[str, Any]) -> str | None:
-    value = message.get("since")
+def _time_field(message: dict[str, Any], name: str) -> str | None:
+    value = message.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
         raise ProtocolError(
-            BAD_REQUEST, f"'since' must be an RFC 3339 string, got {json.dumps(value)}"
+            BAD_REQUEST, f"'{name}' must be an RFC 3339 string, got {json.dumps(value)}"
         )
     from datetime import datetime  # daemon side only; keeps the client fast
 
@@ -270,7 +320,7 @@ def _since_field(message: dict[str, Any]) -> str | None:
     except ValueError:
         raise ProtocolError(
             BAD_REQUEST,
-            f"'since' is not an RFC 3339 timestamp: {value!r} (like 2026-11-25T14:00:00Z)",
+            f"'{name}' is not an RFC 3339 timestamp: {value!r} (like 2026-11-25T14:00:00Z)",
         ) from None
     return value
 
@@ -279,7 +329,8 @@ def parse_query(message: dict[str, Any]) -> EventQuery:
     """The EventQuery of an `events`/`follow` request; bad_request names the field."""
     return EventQuery(
         after_seq=_int_field(message, "after_seq", 0, None),
-        since=_since_field(message),
+        since=_time_field(message, "since"),
+        until=_time_field(message, "until"),
         limit=_int_field(message, "limit", 0, None),
         type=_choice_field(message, "type", _EVENT_TYPES),
         proto=_choice_field(message, "proto", _PROTOS),
@@ -289,10 +340,12 @@ def parse_query(message: dict[str, Any]) -> EventQuery:
 
 _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "events": frozenset(_QUERY_FIELDS),
-    "follow": frozenset(_QUERY_FIELDS),
+    "follow": frozenset(_QUERY_FIELDS) - {"until"},
     "ports": frozenset(),
     "status": frozenset(),
     "rescan": frozenset(),
+    "reload": frozenset(),
+    "metrics": frozenset(),
 }
 
 
@@ -311,8 +364,56 @@ def parse_request(message: dict[str, Any]) -> tuple[str, EventQuery | None]:
         raise ProtocolError(
             UNKNOWN_REQUEST, f"unknown request {name!r}: expected one of {', '.join(REQUESTS)}"
         )
+    if name == "follow" and "until" in message:
+        raise ProtocolError(
+            BAD_REQUEST, "'until' is for events: a follow stream has no end (use events --until)"
+        )
     unknown = sorted(set(message) - {"v", "req"} - _ALLOWED_ARGS[name])
     if unknown:
         raise ProtocolError(BAD_REQUEST, f"unknown argument(s) for {name!r}: {', '.join(unknown)}")
     query = parse_query(message) if name in ("events", "follow") else None
     return name, query
+
+
+# --- stream lines (daemon side) ----------------------------------------------
+# Every line of an `events` reply or a `follow` stream is built here, so that
+# the wire format has one definition. Items arrive as plain values: this
+# module must not import portwatchd.model (dataclasses costs the client).
+
+
+def encode_item(item: dict[str, Any]) -> bytes:
+    """One object (an event's to_dict()) as compact JSON text, without "\\n"."""
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_line(encoded_event: bytes) -> bytes:
+    """`{"v": 1, "event": {...}}` around an event already encoded by encode_item."""
+    return b'{"v":%d,"event":%s}\n' % (PROTOCOL_VERSION, encoded_event)
+
+
+def gap(first_missing: int, last_missing: int) -> dict[str, int]:
+    """The seqs that left the history before a client could see them."""
+    return {"from": first_missing, "to": last_missing}
+
+
+def gap_line(first_missing: int, last_missing: int) -> bytes:
+    return encode({"v": PROTOCOL_VERSION, "gap": gap(first_missing, last_missing)})
+
+
+def reset_line(after_seq: int | None, last_seq: int) -> bytes:
+    """The client's after_seq lies past the newest seq: it starts over at 0."""
+    return encode({"v": PROTOCOL_VERSION, "reset": {"after_seq": after_seq, "last_seq": last_seq}})
+
+
+def loss(from_seq: int, to_seq: int, time: str, reason: str) -> dict[str, Any]:
+    """Seqs handed out whose events were never stored (model.Loss on the wire)."""
+    return {"from_seq": from_seq, "to_seq": to_seq, "time": time, "reason": reason}
+
+
+def loss_line(from_seq: int, to_seq: int, time: str, reason: str) -> bytes:
+    return encode({"v": PROTOCOL_VERSION, "loss": loss(from_seq, to_seq, time, reason)})
+
+
+def follow_header(after_seq: int) -> bytes:
+    """A follow stream's first line: the seq the stream continues after."""
+    return encode(ok(follow={"after_seq": after_seq}))

@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 from portwatchd import ctl, ctl_parser, protocol
 from portwatchd.ctl_format import Style
 from portwatchd.model import Endpoint, Owner
+from tests.control_fixtures import MemoryBackend, ServerThread, backend, serve, sockdir
 from tests.other_user import python_as
-from tests.test_control import MemoryBackend, ServerThread, backend, serve, sockdir
 
-__all__ = ["backend", "serve", "sockdir"]  # fixtures shared with test_control
+__all__ = ["backend", "serve", "sockdir"]  # fixtures shared with the control tests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -423,7 +423,7 @@ def test_follow_overrun_reconnects_and_resumes(serve: Any, backend: MemoryBacken
         out = LineReader(process.stdout)
         err = LineReader(process.stderr)
         for _ in range(200):  # wait until it follows
-            if server.run(lambda: len(server.server._followers)):
+            if server.run(lambda: server.followers):
                 break
             threading.Event().wait(0.02)
         server.add_and_publish(50)  # one batch larger than its queue: cut off

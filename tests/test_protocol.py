@@ -187,3 +187,76 @@ def test_any_request_validates_or_fails_cleanly(message: dict[str, Any]) -> None
             assert port is None or (isinstance(port, int) and 0 <= port <= 65535)
             assert query.type in (None, "opened", "closed")
             assert query.proto in (None, "tcp", "udp")
+
+
+def test_until_is_an_events_filter_and_follow_refuses_it() -> None:
+    _name, query = protocol.parse_request(
+        {"v": 1, "req": "events", "since": "2026-11-25T14:00:00Z", "until": "2026-11-26"}
+    )
+    assert query == EventQuery(since="2026-11-25T14:00:00Z", until="2026-11-26")
+    assert query is not None and query.as_args()["until"] == "2026-11-26"
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_request({"v": 1, "req": "follow", "until": "2026-11-26"})
+    assert caught.value.code == protocol.BAD_REQUEST
+    assert "'until' is for events" in caught.value.message
+    with pytest.raises(ProtocolError, match="'until' is not an RFC 3339 timestamp"):
+        protocol.parse_request({"v": 1, "req": "events", "until": "tomorrow"})
+
+
+def test_reload_and_metrics_are_requests_and_reload_mutates() -> None:
+    assert protocol.parse_request({"v": 1, "req": "reload"}) == ("reload", None)
+    assert protocol.parse_request({"v": 1, "req": "metrics"}) == ("metrics", None)
+    assert "reload" in protocol.MUTATING_REQUESTS and "metrics" not in protocol.MUTATING_REQUESTS
+    assert protocol.CONFIG_ERROR == "config_error" and "config_error" in protocol.ERROR_CODES
+
+
+def test_stream_lines_are_one_json_object_each() -> None:
+    event = Event(
+        seq=7,
+        id="6d1f0a8e-7a51-4c3b-9f0e-2f7c1b9f2a11",
+        type="opened",
+        time="2026-11-25T14:00:00.123456Z",
+        endpoint=Endpoint(proto="tcp", family="ipv4", address="0.0.0.0", port=22),
+    )
+    line = protocol.event_line(protocol.encode_item(event.to_dict()))
+    assert line == protocol.encode({"v": 1, "event": event.to_dict()})  # 0.1's bytes
+    assert protocol.decode(protocol.gap_line(3, 9)) == {"v": 1, "gap": {"from": 3, "to": 9}}
+    assert protocol.decode(protocol.reset_line(500, 3)) == {
+        "v": 1,
+        "reset": {"after_seq": 500, "last_seq": 3},
+    }
+    loss = protocol.decode(protocol.loss_line(4, 6, "2026-11-25T15:00:00.000000Z", "crash"))
+    assert loss == {
+        "v": 1,
+        "loss": {
+            "from_seq": 4,
+            "to_seq": 6,
+            "time": "2026-11-25T15:00:00.000000Z",
+            "reason": "crash",
+        },
+    }
+    assert protocol.decode(protocol.follow_header(41)) == {
+        "v": 1,
+        "ok": True,
+        "follow": {"after_seq": 41},
+    }
+    for text in (line, protocol.gap_line(1, 2), protocol.error_line("busy", "x\ny")):
+        assert text.endswith(b"\n") and text.count(b"\n") == 1
+
+
+def test_a_list_sent_in_slices_is_the_line_built_whole() -> None:
+    items = [protocol.encode_item({"seq": n}) for n in range(1, 6)]
+    head = protocol.list_head(protocol.ok(last_seq=5), "events")
+    sliced = b"".join(
+        [
+            head,
+            protocol.list_items(items[:2], first=True),
+            protocol.list_items([], first=False),
+            protocol.list_items(items[2:], first=False),
+            protocol.list_tail({}),
+        ]
+    )
+    assert sliced == protocol.encode_with_list(protocol.ok(last_seq=5), "events", items)
+    with_losses = head + protocol.list_items(items, first=True) + protocol.list_tail({"n": 1})
+    assert protocol.decode(with_losses)["n"] == 1
+    assert len(protocol.decode(with_losses)["events"]) == 5
