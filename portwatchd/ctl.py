@@ -104,12 +104,18 @@ def cmd_status(args: Args) -> int:
         import json
 
         sys.stdout.write(json.dumps(status) + "\n")
-        return EXIT_OK
-    from portwatchd.ctl_format import status_lines
+    else:
+        from portwatchd.ctl_format import status_lines
 
-    pairs = status_lines(status, local=args.local)
-    width = max((len(label) for label, _ in pairs), default=0)
-    sys.stdout.write("".join(f"{label.rjust(width)}: {value}\n" for label, value in pairs))
+        pairs = status_lines(status, local=args.local)
+        width = max((len(label) for label, _ in pairs), default=0)
+        sys.stdout.write("".join(f"{label.rjust(width)}: {value}\n" for label, value in pairs))
+    if status.get("config_error"):
+        # Up, but watching nothing until the file is fixed: not a success.
+        sys.stderr.write(
+            f"portwatchctl: portwatchd runs with a broken configuration: {status['config_error']}\n"
+        )
+        return EXIT_CONFIG_ERROR
     return EXIT_OK
 
 

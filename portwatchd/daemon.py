@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portwatchd import __version__
 from portwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from portwatchd.control.transport import ControlServer
+    from portwatchd.log import EventLog
+    from portwatchd.reactor import Reactor
+    from portwatchd.runner import Runner
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -96,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         # Socket-activated: exiting would make every portwatchctl call start
         # us again until systemd fails the socket unit. Stay up and say why.
-        return run_with_config_error(err, inherited)
+        return run_with_config_error(err, inherited, read_config)
     return run_daemon(config, read_config, inherited)
 
 
@@ -167,12 +174,14 @@ def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any
         ignored=config.is_ignored,
         say=say,
         owners_enabled=config.owners,
-        defer=lambda work: reactor.call_later(0, work),
+        defer=reactor.call_soon_threadsafe,
     )
     reloader = Reloader(
         read_config=read_config,
         open_scanner=scanner_for,
-        open_control=lambda new: build_control(new, None, runner, log, reactor, say),
+        open_control=lambda new: build_control(
+            new, inherited=None, runner=runner, log=log, reactor=reactor, say=say
+        ),
         control_inherited=inherited is not None,
         state_dir=config.state_dir,
     )
@@ -188,7 +197,9 @@ def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any
     install_signals(runner.request_stop, runner.request_reload)
     reactor.wake_on_signals()
     try:
-        control = build_control(config, inherited, runner, log, reactor, say)
+        control = build_control(
+            config, inherited=inherited, runner=runner, log=log, reactor=reactor, say=say
+        )
         try:
             return runner.run(control)
         except OSError as err:
@@ -201,11 +212,110 @@ def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any
         reactor.close()
 
 
+def build_control(
+    config: Config,
+    *,
+    inherited: socket.socket | None,
+    runner: Runner,
+    log: EventLog,
+    reactor: Reactor,
+    say: Callable[[int, str], None],
+) -> ControlServer:
+    """The control socket server, its handlers reading the event log."""
+    from portwatchd.control.handlers import RequestHandlers
+    from portwatchd.control.transport import ControlServer
+
+    handlers = RequestHandlers(
+        log,
+        status=runner.status,
+        ports=runner.engine.ports,
+        request_rescan=runner.request_rescan,
+        reload=runner.request_reload,
+        metrics=runner.metrics_text,
+        log=lambda message: say(4, f"control: {message}"),
+    )
+    return ControlServer(
+        handlers.answer,
+        reactor,
+        path=config.socket.path,
+        group=config.socket.group,
+        mode=config.socket.mode,
+        max_clients=config.socket.max_clients,
+        idle_timeout=config.socket.idle_timeout,
+        inherited=inherited,
+        log=lambda message: say(4, f"control: {message}"),
+    )
+
+
+def run_with_config_error(
+    error: ConfigError, inherited: Any, read_config: Callable[[], Config]
+) -> int:
+    """Started by a client through portwatchd.socket with a broken file: stay
+    up, answer `status` with the error (file, line, key), refuse the rest
+    with config_error, and watch nothing. Exiting instead would make every
+    portwatchctl call start us again until systemd fails the socket unit.
+    SIGHUP re-reads the file: once it loads, the daemon starts over in this
+    same process (exec), keeping the socket systemd passed."""
+    import os
+    import time
+
+    from portwatchd.control.handlers import ConfigErrorHandlers
+    from portwatchd.control.transport import ControlServer
+    from portwatchd.notify import Notifier
+    from portwatchd.reactor import Reactor
+
+    started = time.monotonic()
+    reactor = Reactor()
+    notifier = Notifier()
+    flags = {"stop": False, "reload": False}
+
+    def status() -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - started, 3), "ports_watched": 0}  # fmt: skip
+
+    server = ControlServer(
+        ConfigErrorHandlers(status, str(error)).answer, reactor, inherited=inherited
+    )
+    install_signals(lambda: flags.update(stop=True), lambda: flags.update(reload=True))
+    reactor.wake_on_signals()
+    server.start()
+    notifier.ready(f"configuration error, watching nothing: {error}")
+    try:
+        while not flags["stop"]:
+            reactor.run_once(None)
+            if flags["reload"]:
+                flags["reload"] = False
+                notifier.reloading()
+                try:
+                    read_config()
+                except ConfigError as again:
+                    print(f"portwatchd: {again}", file=sys.stderr)
+                    server.answer = ConfigErrorHandlers(status, str(again)).answer
+                    notifier.ready(f"configuration error, watching nothing: {again}")
+                    continue
+                _start_over(inherited)
+    finally:
+        notifier.stopping("stopping")
+        server.close()
+        reactor.close()
+    return EXIT_OK
+
+
+def _start_over(inherited: Any) -> None:
+    """exec ourselves with the socket systemd passed, as systemd passed it."""
+    import os
+
+    fd = inherited.fileno()
+    os.set_inheritable(fd, True)
+    os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+    os.execv(sys.executable, [sys.executable, "-m", "portwatchd.daemon", *sys.argv[1:]])
+
+
 def install_signals(stop: Callable[[], None], reload: Callable[[], None]) -> None:
     """The handlers only record the request; the reactor's wake-up fd makes
     the loop notice at once. A second SIGINT or SIGTERM while stopping
     forces the exit (as uvicorn does), for a stop stuck on a dead journal."""
-    stopping = []
+    stopping: list[bool] = []
 
     def on_stop(_signum: int, _frame: FrameType | None) -> None:
         if stopping:

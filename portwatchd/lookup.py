@@ -12,6 +12,7 @@ one thread serialises it) and hands the result back through the reactor.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -111,7 +112,7 @@ class ThreadedLookup:
         while (item := self._jobs.get()) is not None:
             job, done = item
             result = run_job(self._resolver, job, wait_max_s=self._wait_max_s)
-            self._reactor.call_soon_threadsafe(lambda done=done, result=result: done(result))
+            self._reactor.call_soon_threadsafe(functools.partial(done, result))
 
     def close(self) -> None:
         """Stop the worker after the job it is on (a stuck one is abandoned:

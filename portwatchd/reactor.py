@@ -166,7 +166,10 @@ class Reactor:
                 write_cb = self._current(key)[1]
                 if write_cb is not None:
                     write_cb()
-        while self._handed_over:
+        # Only what was handed over before this turn: a callback that hands
+        # over more (the next chunk of a long job) runs at the next turn,
+        # after the timers and the I/O, so the loop keeps turning.
+        for _ in range(len(self._handed_over)):
             self._handed_over.popleft()()
         now = self._clock()
         while self._timers and self._timers[0][0] <= now:

@@ -130,6 +130,7 @@ class Runner:
             f"control socket {self.config.socket.path}",
         )
         self._next_scan = self._monotonic() + self.config.interval
+        self._next_heartbeat = self._monotonic()  # alive from now: dates a crash's downtime
         while not self._stop:
             self._turn(self._until_due())
             if self._reload:
@@ -236,6 +237,9 @@ class Runner:
                 self.writer.loss(item)
         self.writer.feed()
         if events:
+            # The next turn records that we were alive now: after a crash,
+            # "down since" is then no earlier than the last event.
+            self._next_heartbeat = self._monotonic()
             minute = int(self._monotonic() // 60)
             if self._recent and self._recent[-1][0] == minute:
                 self._recent[-1][1] += len(events)

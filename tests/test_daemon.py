@@ -162,17 +162,21 @@ def test_sighup_with_broken_config_keeps_old_config_and_says_why(daemon: Daemon)
 
 def test_reload_whose_socket_cannot_be_set_up_keeps_the_old_one(daemon: Daemon) -> None:
     daemon.start().wait_ready()
-    daemon.write_config('[socket]\ngroup = "no-such-group-here"\n')
+    daemon.write_config('history_size = 7\n[socket]\ngroup = "no-such-group-here"\n')
     daemon.signal(signal.SIGHUP)
     ready = daemon.wait_ready()
-    assert "reload refused" in ready and "no-such-group-here" in ready
+    # The history size applied, the socket did not: "partial", not "refused".
+    assert "reload partial" in ready and "no-such-group-here" in ready
     with socket.socket(socket.AF_UNIX) as client:
         client.settimeout(5)
         client.connect(daemon.socket_path)
         client.sendall(b'{"v": 1, "req": "status"}\n')
         reply = json.loads(client.makefile().readline())
     assert reply["ok"] is True
-    assert reply["status"]["last_reload"]["ok"] is False
+    last_reload = reply["status"]["last_reload"]
+    assert (last_reload["ok"], last_reload["outcome"]) == (False, "partial")
+    assert [item.split(":")[0] for item in last_reload["not_applied"]] == ["[socket]"]
+    assert reply["status"]["history_capacity"] == 7
 
 
 def test_sighup_storm_is_coalesced_and_daemon_survives(daemon: Daemon) -> None:
