@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
+import threading
+import time
+from pathlib import Path
 
 from portwatchd.model import UNKNOWN_OWNER, Endpoint, Event, Owner
 from portwatchd.outputs.journal import (
     MESSAGE_ID_CLOSED,
     MESSAGE_ID_OPENED,
+    JournalSocket,
     StderrSink,
     event_fields,
 )
@@ -133,3 +139,69 @@ def test_names_that_are_not_utf8_become_escapes_the_journal_can_take() -> None:
     ep = Endpoint("tcp", "ipv4", "127.0.0.1", 80, interface=printable_name(odd), inode=1)
     for value in event_fields(make_event(ep)).values():
         value.encode("utf-8")
+
+
+def _decode_entry(data: bytes) -> dict[str, bytes]:
+    """journald's side of the native protocol, for the round trip below."""
+    fields: dict[str, bytes] = {}
+    while data:
+        line, _, rest = data.partition(b"\n")
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            fields[name.decode()] = value
+            data = rest
+        else:
+            size = int.from_bytes(rest[:8], "little")
+            fields[line.decode()] = rest[8 : 8 + size]
+            data = rest[8 + size + 1 :]
+    return fields
+
+
+def test_the_native_protocol_round_trips_newlines_and_raw_bytes(tmp_path: Path) -> None:
+    path = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journald:
+        journald.bind(path)
+        JournalSocket(path).send(
+            MESSAGE="Port opened: x", PORT_COMM="evil\nPort closed: forged", PORT_USER="\udcff"
+        )
+        entry = _decode_entry(journald.recv(65536))
+    assert entry == {
+        "MESSAGE": b"Port opened: x",
+        "PORT_COMM": b"evil\nPort closed: forged",
+        "PORT_USER": b"\xff",
+    }
+
+
+def test_a_send_blocked_on_a_stopped_journald_does_not_stop_other_threads(
+    tmp_path: Path,
+) -> None:
+    """journald stopped: its socket queue fills and sends block. Only the
+    sending thread may wait; systemd-python's send held the GIL and froze
+    the whole daemon, watchdog pings included."""
+    path = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journald:
+        journald.bind(path)  # never read: a stopped journald
+        sender = JournalSocket(path)
+        sent = [0]
+
+        def flood() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    sender.send(MESSAGE="x" * 100)
+                    sent[0] += 1
+
+        threading.Thread(target=flood, daemon=True).start()
+        deadline = time.monotonic() + 5
+        while sent[0] == 0 or _still_sending(sent):
+            assert time.monotonic() < deadline, "the queue never filled"
+        # The sender is blocked now; this thread still runs Python code.
+        started = time.monotonic()
+        spins = sum(1 for _ in range(200_000))
+        assert spins == 200_000
+        assert time.monotonic() - started < 2.0
+
+
+def _still_sending(sent: list[int]) -> bool:
+    before = sent[0]
+    time.sleep(0.2)
+    return sent[0] != before

@@ -477,26 +477,28 @@ def test_a_stalled_journald_stops_nothing_and_loses_nothing(box: Sandbox) -> Non
     restarts = int(show(box, UNIT, "NRestarts")["NRestarts"])
     pid = main_pid(box)
     journald = main_pid(box, "systemd-journald.service")
-    ports = [f"tcp:0.0.0.0:{port}" for port in range(18300, 18600)]
+    # More messages than journald's socket queues (net.unix.max_dgram_qlen,
+    # 512 under systemd): the sends then block until journald runs again.
+    ports = [f"tcp:0.0.0.0:{port}" for port in range(18300, 19300)]
     box.run("kill", "-STOP", str(journald))
     try:
-        with listening(box, *ports):
+        with listening(box, *ports, nofile=2048):
             seen = wait_for(
                 lambda: {e["key"] for e in ctl(box, "events", "--type", "opened")} >= set(ports),
-                "portwatchd to record all 300 opens while journald is stopped",
+                "portwatchd to record all 1000 opens while journald is stopped",
                 timeout=30,
             )
             assert seen
             time.sleep(60)
             status = ctl(box, "status")
             assert status["journal_error"], status
-            assert status["journal_pending"] >= 300, status
+            assert status["journal_pending"] > 0, status
             assert main_pid(box) == pid
             assert int(show(box, UNIT, "NRestarts")["NRestarts"]) == restarts
     finally:
         box.run("kill", "-CONT", str(journald))
     opened = wait_for(
-        lambda: len({e["PORT"] for e in journal(box, "PORT_EVENT=opened")} & set(ports)) == 300,
+        lambda: len({e["PORT"] for e in journal(box, "PORT_EVENT=opened")} & set(ports)) == 1000,
         "every open to reach the journal under the unit",
         timeout=60,
     )
