@@ -123,13 +123,30 @@ def check_config(path: str | None, overrides: dict[str, Any]) -> int:
 
 def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any) -> int:
     """Build every part, wire them, run the loop until asked to stop."""
+    from portwatchd.reactor import Reactor
+
+    reactor = Reactor()
+    try:
+        runner = build_runner(config, read_config, inherited, reactor)
+        if isinstance(runner, int):
+            return runner
+        install_signals(runner.request_stop, runner.request_reload)
+        reactor.wake_on_signals()
+        return runner.run(runner.reloader.open_control(config, inherited))
+    finally:
+        reactor.close()
+
+
+def build_runner(
+    config: Config, read_config: Callable[[], Config], inherited: Any, reactor: Reactor
+) -> Runner | int:
+    """Every part of the daemon, wired; an exit status when one cannot be had."""
     from portwatchd.engine import Engine
     from portwatchd.log import EventLog
     from portwatchd.lookup import ThreadedLookup
     from portwatchd.notify import Notifier
     from portwatchd.outputs.journal import JournalSink, journal_last_seq, open_sink
     from portwatchd.outputs.journal_writer import JournalWriter
-    from portwatchd.reactor import Reactor
     from portwatchd.reload import Reloader
     from portwatchd.runner import Runner
     from portwatchd.sources.base import ScanError
@@ -137,33 +154,24 @@ def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any
     from portwatchd.sources.owners import OwnerResolver
     from portwatchd.store import Store
 
-    try:
-        sink = open_sink(config.log_target, json_lines=config.log_format == "json")
-    except (ImportError, OSError) as err:  # systemd-python missing for log_target = "journal"
-        print(f"portwatchd: {err}", file=sys.stderr)
-        return EXIT_FAILURE
-    reactor = Reactor()
-    journal_seq = journal_last_seq if isinstance(sink, JournalSink) else (lambda: None)
+    sink = open_sink(config.log_target, json_lines=config.log_format == "json")
     log = EventLog(
         Store.open(config.state_dir),
         history_size=config.history_size,
         history_max_age_s=config.history_max_age_s,
-        journal_last_seq=journal_seq,
+        journal_last_seq=journal_last_seq if isinstance(sink, JournalSink) else lambda: None,
     )
     writer = JournalWriter(sink, log, reactor)
     for warning in (*config.warnings, *log.warnings):
         writer.say(4, warning)
 
-    def say(priority: int, message: str) -> None:
-        writer.say(priority, message)
-
     def scanner_for(backend: str) -> Any:
-        return open_scanner(backend, log=lambda message: say(4, message))
+        return open_scanner(backend, log=lambda message: writer.say(4, message))
 
     try:
         scanner = scanner_for(config.backend)
     except (ScanError, OSError) as err:
-        say(3, f"cannot scan listening sockets: {err}")
+        writer.say(3, f"cannot scan listening sockets: {err}")
         writer.close(2.0)
         log.close()
         return EXIT_FAILURE
@@ -172,20 +180,22 @@ def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any
         log=log,
         lookup=ThreadedLookup(OwnerResolver(), reactor),
         ignored=config.is_ignored,
-        say=say,
+        say=writer.say,
         owners_enabled=config.owners,
         defer=reactor.call_soon_threadsafe,
     )
+
+    def control_for(new: Config, passed: socket.socket | None) -> ControlServer:
+        return build_control(new, inherited=passed, runner=runner, log=log, reactor=reactor)
+
     reloader = Reloader(
         read_config=read_config,
         open_scanner=scanner_for,
-        open_control=lambda new: build_control(
-            new, inherited=None, runner=runner, log=log, reactor=reactor, say=say
-        ),
+        open_control=control_for,
         control_inherited=inherited is not None,
         state_dir=config.state_dir,
     )
-    runner = Runner(
+    runner: Runner = Runner(
         config,
         engine=engine,
         log=log,
@@ -194,22 +204,7 @@ def run_daemon(config: Config, read_config: Callable[[], Config], inherited: Any
         notifier=Notifier(),
         reactor=reactor,
     )
-    install_signals(runner.request_stop, runner.request_reload)
-    reactor.wake_on_signals()
-    try:
-        control = build_control(
-            config, inherited=inherited, runner=runner, log=log, reactor=reactor, say=say
-        )
-        try:
-            return runner.run(control)
-        except OSError as err:
-            say(3, f"cannot listen on {config.socket.path}: {err}")
-            writer.close(2.0)
-            engine.close()
-            log.close()
-            return EXIT_FAILURE
-    finally:
-        reactor.close()
+    return runner
 
 
 def build_control(
@@ -219,7 +214,6 @@ def build_control(
     runner: Runner,
     log: EventLog,
     reactor: Reactor,
-    say: Callable[[int, str], None],
 ) -> ControlServer:
     """The control socket server, its handlers reading the event log."""
     from portwatchd.control.handlers import RequestHandlers
@@ -232,7 +226,7 @@ def build_control(
         request_rescan=runner.request_rescan,
         reload=runner.request_reload,
         metrics=runner.metrics_text,
-        log=lambda message: say(4, f"control: {message}"),
+        log=lambda message: runner.writer.say(4, f"control: {message}"),
     )
     return ControlServer(
         handlers.answer,
@@ -243,7 +237,7 @@ def build_control(
         max_clients=config.socket.max_clients,
         idle_timeout=config.socket.idle_timeout,
         inherited=inherited,
-        log=lambda message: say(4, f"control: {message}"),
+        log=lambda message: runner.writer.say(4, f"control: {message}"),
     )
 
 

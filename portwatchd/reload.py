@@ -40,7 +40,7 @@ class Reloader:
         *,
         read_config: Callable[[], Config],
         open_scanner: Callable[[str], Scanner],
-        open_control: Callable[[Config], Control],
+        open_control: Callable[[Config, Any], Control],
         control_inherited: bool,
         state_dir: str,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -54,6 +54,10 @@ class Reloader:
         self._now = wall_clock
         self.control: Control = _NoControl()
         self.last: dict[str, Any] | None = None
+
+    def open_control(self, config: Config, inherited: Any = None) -> Control:
+        """A control server for `config` (on the socket systemd passed, if any)."""
+        return self._open_control(config, inherited)
 
     def reload(self, runner: Runner) -> dict[str, Any]:
         moment = rfc3339(self._now())
@@ -134,12 +138,12 @@ class Reloader:
             )
         self.control.close()
         try:
-            self.control = self._open_control(new)
+            self.control = self.open_control(new)
             self.control.start()
         except OSError as err:
             reason = f"[socket]: cannot listen on {new.socket.path}: {err}"
             try:
-                self.control = self._open_control(running)
+                self.control = self.open_control(running)
                 self.control.start()
             except OSError as again:
                 reason += (

@@ -13,16 +13,14 @@ process on a dead mount) is a hang the watchdog should see.
 
 from __future__ import annotations
 
-import os
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from portwatchd import __version__
 from portwatchd.config import Config
-from portwatchd.engine import Engine, counted
+from portwatchd.engine import Engine
 from portwatchd.log import EventLog
 from portwatchd.model import Event, Loss, rfc3339
 from portwatchd.notify import Notifier, watchdog_interval
@@ -30,13 +28,16 @@ from portwatchd.outputs.journal_writer import JournalWriter
 from portwatchd.outputs.metrics import MetricsError, TextfileWriter, render_metrics
 from portwatchd.reactor import Reactor
 from portwatchd.reload import Reloader
+from portwatchd.status import EventRate, status_line, status_report
 
+# The daemon's exit statuses that the loop itself can end with.
+EXIT_OK = 0
+EXIT_FAILURE = 1
 HEARTBEAT_S = 30.0
 STORE_RETRY_S = 5.0
 PRUNE_EVERY_S = 1.0
 LOOKUP_STUCK_S = 10.0
 JOURNAL_FLUSH_AT_STOP_S = 2.0
-HOUR_S = 3600.0
 # How often the metrics textfile is rewritten; node_exporter reads it when scraped.
 METRICS_EVERY_S = 15.0
 
@@ -84,8 +85,7 @@ class Runner:
         self._next_ping = 0.0
         self._next_heartbeat = self._started + HEARTBEAT_S
         self._next_prune = self._started
-        # Events per minute over the last hour, as [minute, count]: 61 entries at most.
-        self._recent: deque[list[int]] = deque()
+        self.event_rate = EventRate(monotonic)
         self._last_status_line = ""
         self._store_error_said: str | None = None
         self._metrics_file: TextfileWriter | None = None
@@ -121,7 +121,12 @@ class Runner:
         self.engine.step()
         while self.engine.waiting_since is not None and not self._stop:
             self._turn(0.1)  # the first pass's owners: the baseline names them
-        control.start()
+        try:
+            control.start()
+        except OSError as err:
+            self.writer.say(3, f"cannot listen on {self.config.socket.path}: {err}")
+            self._shutdown()
+            return EXIT_FAILURE
         self.reloader.control = control
         self.notifier.ready(self.status_line())
         self.writer.say(
@@ -138,8 +143,8 @@ class Runner:
             if (self._rescan or self._monotonic() >= self._next_scan) and self._scan():
                 self._rescan = False
             self._housekeeping()
-        self._shutdown(control)
-        return 0
+        self._shutdown()
+        return EXIT_OK
 
     def _turn(self, timeout: float) -> None:
         self.reactor.run_once(max(0.0, timeout))
@@ -159,6 +164,9 @@ class Runner:
             return False  # the last pass still waits for owners: its continuation comes first
         self._next_scan = started + self.config.interval
         return True
+
+    def uptime(self) -> float:
+        return self._monotonic() - self._started
 
     def reschedule(self, old_interval: float, new_interval: float) -> None:
         """A new interval counts from the last scan: a shorter one applies
@@ -240,11 +248,7 @@ class Runner:
             # The next turn records that we were alive now: after a crash,
             # "down since" is then no earlier than the last event.
             self._next_heartbeat = self._monotonic()
-            minute = int(self._monotonic() // 60)
-            if self._recent and self._recent[-1][0] == minute:
-                self._recent[-1][1] += len(events)
-            else:
-                self._recent.append([minute, len(events)])
+            self.event_rate.count(len(events))
 
     # -- reload and stop ---------------------------------------------------------
 
@@ -258,7 +262,7 @@ class Runner:
         for done in waiters:
             done(outcome)
 
-    def _shutdown(self, control: Control) -> None:
+    def _shutdown(self) -> None:
         """The written order: tell systemd, stop accepting clients, flush the
         journal as far as it takes it, close the store, release the rest."""
         self.notifier.stopping("stopping")
@@ -270,65 +274,8 @@ class Runner:
 
     # -- what status reports ---------------------------------------------------
 
-    def events_last_hour(self) -> int:
-        horizon = int((self._monotonic() - HOUR_S) // 60)
-        while self._recent and self._recent[0][0] <= horizon:
-            self._recent.popleft()
-        return sum(count for _, count in self._recent)
-
     def status(self) -> dict[str, Any]:
-        stats = self.engine.stats
-        config = self.config
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": round(self._monotonic() - self._started, 3),
-            "interval_s": config.interval,
-            "backend": self.engine.scanner.name,
-            "owners": config.owners,
-            "ports_watched": self.engine.ports_watched,
-            "events_total": sum(stats.events_by_type.values()),
-            "events_by_type": dict(stats.events_by_type),
-            "detections": dict(stats.detections),
-            "events_last_hour": self.events_last_hour(),
-            "last_seq": self.log.last_seq,
-            "oldest_seq": self.log.oldest_seq,
-            "history_size": self.log.count,
-            "history_capacity": config.history_size,
-            "ring_size": self.log.count,
-            "ring_capacity": config.history_size,
-            "scans_total": stats.scans_total,
-            "scan_errors_total": stats.scan_errors_total,
-            "last_scan_time": stats.last_scan_time,
-            "last_scan_duration_ms": (
-                round(stats.last_scan_duration_ms, 3)
-                if stats.last_scan_duration_ms is not None
-                else None
-            ),
-            "scan_error": stats.scan_error,
-            "journal_error": self.writer.error,
-            "journal_errors_total": self.writer.errors_total,
-            "journal_pending": self.writer.pending,
-            "store_error": self.log.store_error,
-            "config_path": config.source,
-            "state_dir": self.reloader.state_dir,
-            "last_reload": self.reloader.last,
-        }
+        return status_report(self)
 
     def status_line(self) -> str:
-        """STATUS= text: "watching 12 ports every 1s; 3 events in the last hour"."""
-        line = (
-            f"watching {counted(self.engine.ports_watched, 'port')} every "
-            f"{self.config.interval:g}s; "
-            f"{counted(self.events_last_hour(), 'event')} in the last hour"
-        )
-        if self.engine.stats.scan_error:
-            line += f"; scan failing: {self.engine.stats.scan_error}"
-        if self.writer.error:
-            line += f"; journal failing, {self.writer.pending} events pending"
-        if self.log.store_error:
-            line += f"; store failing: {self.log.store_error}"
-        last = self.reloader.last
-        if last is not None and last["outcome"] != "ok":
-            line += f"; reload {last['outcome']}: {last['error']}"
-        return line
+        return status_line(self)
