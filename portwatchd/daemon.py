@@ -246,48 +246,63 @@ def run_with_config_error(
 ) -> int:
     """Started by a client through portwatchd.socket with a broken file: stay
     up, answer `status` with the error (file, line, key), refuse the rest
-    with config_error, and watch nothing. Exiting instead would make every
-    portwatchctl call start us again until systemd fails the socket unit.
-    SIGHUP re-reads the file: once it loads, the daemon starts over in this
-    same process (exec), keeping the socket systemd passed."""
+    with config_error, watch nothing, keep pinging the watchdog. Exiting
+    instead would make every portwatchctl call start us again until systemd
+    fails the socket unit. A reload (SIGHUP, or `portwatchctl reload`, which
+    is systemctl reload) reads the file again: once it loads, the daemon
+    starts over in this same process (exec), keeping the socket."""
     import os
     import time
+    from datetime import UTC, datetime
 
     from portwatchd.control.handlers import ConfigErrorHandlers
     from portwatchd.control.transport import ControlServer
-    from portwatchd.notify import Notifier
+    from portwatchd.model import rfc3339
+    from portwatchd.notify import Notifier, watchdog_interval
     from portwatchd.reactor import Reactor
 
     started = time.monotonic()
     reactor = Reactor()
     notifier = Notifier()
-    flags = {"stop": False, "reload": False}
+    flags = {"stop": False, "reload": False, "fixed": False}
 
     def status() -> dict[str, Any]:
         return {"version": __version__, "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - started, 3), "ports_watched": 0}  # fmt: skip
 
-    server = ControlServer(
-        ConfigErrorHandlers(status, str(error)).answer, reactor, inherited=inherited
-    )
+    def reload() -> dict[str, Any]:
+        notifier.reloading()
+        outcome = {"time": rfc3339(datetime.now(UTC)), "ok": True, "outcome": "ok",
+                   "error": None, "not_applied": []}  # fmt: skip
+        try:
+            read_config()
+        except ConfigError as again:
+            handlers.error = str(again)
+            notifier.ready(f"configuration error, watching nothing: {again}")
+            return {**outcome, "ok": False, "outcome": "refused", "error": str(again)}
+        flags["fixed"] = True
+        return outcome
+
+    handlers = ConfigErrorHandlers(status, str(error), reload=reload)
+    server = ControlServer(handlers.answer, reactor, inherited=inherited)
     install_signals(lambda: flags.update(stop=True), lambda: flags.update(reload=True))
     reactor.wake_on_signals()
     server.start()
     notifier.ready(f"configuration error, watching nothing: {error}")
+    # A quarter of WATCHDOG_USEC, as the running daemon pings.
+    ping_every = (watchdog_interval() or 0) / 2 or None
     try:
-        while not flags["stop"]:
-            reactor.run_once(None)
+        while not flags["stop"] and not flags["fixed"]:
+            reactor.run_once(ping_every)
+            if ping_every is not None:
+                notifier.watchdog()
             if flags["reload"]:
                 flags["reload"] = False
-                notifier.reloading()
-                try:
-                    read_config()
-                except ConfigError as again:
-                    print(f"portwatchd: {again}", file=sys.stderr)
-                    server.answer = ConfigErrorHandlers(status, str(again)).answer
-                    notifier.ready(f"configuration error, watching nothing: {again}")
-                    continue
-                _start_over(inherited)
+                reload()
+        if flags["fixed"]:
+            for _ in range(10):  # let the reload's answer reach its client
+                reactor.run_once(0.05)
+            _start_over(inherited)
     finally:
         notifier.stopping("stopping")
         server.close()

@@ -151,9 +151,15 @@ class Runner:
         self._ping_if_due()
 
     def _until_due(self) -> float:
-        if self._stop or self._reload or self._rescan:
+        # While a pass waits for its owners no scan is due: its continuation
+        # comes through the reactor and wakes it. Counting the scan as due
+        # would spin the loop against the lookup worker.
+        scan_possible = self.engine.waiting_since is None
+        if self._stop or self._reload or (self._rescan and scan_possible):
             return 0.0
-        due = min(self._next_scan, self._next_heartbeat, self._next_prune, self._next_metrics)
+        due = min(self._next_heartbeat, self._next_prune, self._next_metrics)
+        if scan_possible:
+            due = min(due, self._next_scan)
         if self._watchdog_every is not None:
             due = min(due, self._next_ping)
         return due - self._monotonic()

@@ -373,3 +373,69 @@ def test_bad_clients_do_not_stop_scanning_pings_or_good_clients(netns: None) -> 
         for sock in bad:
             sock.close()
         d.close()
+
+
+def _portwatchctl(socket_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "portwatchd.ctl", "--socket", socket_path, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_broken_configuration_under_socket_activation_stays_up_until_fixed(
+    netns: None, tmp_path: object
+) -> None:
+    """Started by systemd's socket with a broken file: up, answering status
+    with the error and pinging the watchdog; a reload with the file fixed
+    starts it over in the same process, on the same socket."""
+    directory = str(tmp_path)
+    config = os.path.join(directory, "portwatchd.toml")
+    sock_path = os.path.join(directory, "ctl.sock")
+    notify_path = os.path.join(directory, "notify")
+    with open(config, "w") as f:
+        f.write("\ninterval = 0\n")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(10)
+    # systemd-socket-activate passes on only the variables named with -E.
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="400000",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+    daemon = subprocess.Popen(
+        ["systemd-socket-activate", "-l", sock_path, "-E", "NOTIFY_SOCKET", "-E", "WATCHDOG_USEC",
+         "-E", "PYTHONPATH", sys.executable, "-m", "portwatchd.daemon",
+         "--config", config, "--state-dir", os.path.join(directory, "state"),
+         "--log-target", "stderr"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock_path):
+            assert time.monotonic() < deadline, "systemd-socket-activate made no socket"
+            time.sleep(0.05)
+        broken = _portwatchctl(sock_path, "status")  # the first client starts the daemon
+        assert broken.returncode == 5, broken
+        assert f"{config}:2" in broken.stderr and "interval" in broken.stderr
+        messages = [notify.recv(4096).decode() for _ in range(4)]
+        assert any(m.startswith("READY=1") for m in messages), messages
+        assert "WATCHDOG=1" in messages, messages
+        refused = _portwatchctl(sock_path, "reload")
+        assert refused.returncode == 5 and f"{config}:2" in refused.stderr, refused
+        with open(config, "w") as f:
+            f.write("interval = 0.5\n")
+        fixed = _portwatchctl(sock_path, "reload")
+        assert fixed.returncode == 0, fixed
+        deadline = time.monotonic() + 15
+        while (status := _portwatchctl(sock_path, "status", "--json")).returncode != 0:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        answer = json.loads(status.stdout)
+        assert answer["interval_s"] == 0.5 and "config_error" not in answer
+        # Started over in place: the process systemd-socket-activate exec'd.
+        assert answer["pid"] == daemon.pid
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=10)
+        notify.close()

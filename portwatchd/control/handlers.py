@@ -219,28 +219,35 @@ def _ports_slices(ports: list[tuple[Endpoint, Owner]]) -> Iterator[bytes]:
 class ConfigErrorHandlers:
     """Answers for a daemon that started with a broken configuration.
 
-    `status` works (and names the error); every other request is refused
-    with config_error, so that `portwatchctl` says what is wrong rather
-    than that the daemon is not running.
+    `status` works (and names the error); `reload` (root) reads the file
+    again and answers with the outcome; every other request is refused with
+    config_error, so that `portwatchctl` says what is wrong rather than
+    that the daemon is not running.
     """
 
     def __init__(
-        self, status: Callable[[], dict[str, Any]], error: str, *, advice: str = ""
+        self,
+        status: Callable[[], dict[str, Any]],
+        error: str,
+        *,
+        reload: Callable[[], dict[str, Any]] | None = None,
+        advice: str = "",
     ) -> None:
         self._status = status
         self.error = error
-        self._advice = advice or "fix it, then: systemctl restart portwatchd"
+        self._reload = reload
+        self._advice = advice or "fix it, then: systemctl reload portwatchd"
 
     def answer(self, line: bytes, caller: Caller) -> Reply:
         try:
             name, _query = _parse(line)
+            if name == "reload" and self._reload is not None:
+                _require_root(caller, "reload")
+                return protocol.encode(protocol.ok(reload=self._reload()))
         except ProtocolError as exc:
             return protocol.error_line(exc.code, exc.message)
         if name != "status":
-            return protocol.error_line(
-                protocol.CONFIG_ERROR,
-                f"portwatchd runs without a usable configuration: {self.error}; {self._advice}",
-            )
+            return protocol.error_line(protocol.CONFIG_ERROR, f"{self.error}; {self._advice}")
         status = dict(self._status())
         status.update(
             protocol=protocol.PROTOCOL_VERSION,

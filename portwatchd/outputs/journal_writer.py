@@ -93,8 +93,13 @@ class JournalWriter:
                 return
             events = self._log.page(_ALL, self._cursor, room)
             if not events:
-                # Nothing held after the cursor (pruned or lost): move on.
+                # Nothing held after the cursor: the seqs up to last_seq were
+                # lost (announced as such), not pending. Move on, and once
+                # the worker has nothing in flight, nothing is pending.
                 self._cursor = self._log.last_seq
+                if self._events_queued == 0:
+                    self._confirmed = self._cursor
+                    self._log.mark_journaled(self._cursor)
                 return
             self._items.extend(events)
             self._events_queued += len(events)
