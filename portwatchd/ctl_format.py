@@ -220,11 +220,10 @@ def reload_text(reload: dict[str, Any], local: bool = False) -> str:
     outcome = reload.get("outcome") or ("ok" if reload.get("ok") else "failed")
     if outcome == "ok":
         return f"{when}, ok"
-    text = f"{when}, {str(outcome).upper()}: {reload.get('error')}"
     not_applied = reload.get("not_applied")
-    if not_applied:
-        text += f" (not applied: {', '.join(map(str, not_applied))})"
-    return text
+    if not_applied:  # the error of a partial reload is these, joined
+        return f"{when}, {str(outcome).upper()}: not applied: {'; '.join(map(str, not_applied))}"
+    return f"{when}, {str(outcome).upper()}: {reload.get('error')}"
 
 
 # Fields that are shown only while something fails, with the label that says so.
@@ -256,9 +255,29 @@ def status_lines(status: dict[str, Any], local: bool = False) -> list[tuple[str,
     add("Owner lookup", "owners", "on" if status.get("owners") else "off")
     add("Ports watched", "ports_watched")
     add("Events total", "events_total")
+    by_type = status.get("events_by_type")
+    if isinstance(by_type, dict) and by_type:
+        add("By type", "events_by_type", ", ".join(f"{n} {t}" for t, n in sorted(by_type.items())))
+    detections = status.get("detections")
+    if isinstance(detections, dict) and detections:
+        add("Found by", "detections", ", ".join(f"{n} {d}" for d, n in sorted(detections.items())))
+    add(
+        "Scans",
+        "scans_total",
+        f"{status.get('scans_total')} ({status.get('scan_errors_total', 0)} failed)",
+    )
+    shown.add("scan_errors_total")
     add("Last hour", "events_last_hour", f"{status.get('events_last_hour')} events")
     add("Last seq", "last_seq")
-    if "ring_size" in status:
+    if "history_size" in status:
+        add(
+            "History",
+            "history_size",
+            f"{status['history_size']} events held of {status.get('history_capacity', '?')}"
+            f", oldest seq {text_or_dash(status.get('oldest_seq'))}",
+        )
+        shown.update(("history_capacity", "oldest_seq", "ring_size", "ring_capacity"))
+    elif "ring_size" in status:  # a 0.1 daemon
         add("Ring", "ring_size", f"{status['ring_size']} of {status.get('ring_capacity', '?')}")
         shown.add("ring_capacity")
     add("Last scan", "last_scan_time", format_time(status.get("last_scan_time"), local))
@@ -268,6 +287,11 @@ def status_lines(status: dict[str, Any], local: bool = False) -> list[tuple[str,
             add(label, key)
         else:
             shown.add(key)
+    if status.get("journal_pending"):
+        add("Journal pending", "journal_pending", f"{status['journal_pending']} events")
+    else:
+        shown.add("journal_pending")
+    add("Journal errors", "journal_errors_total")
     add("Config", "config_path", status.get("config_path") or "built-in defaults")
     add("State", "state_dir")
     reload = status.get("last_reload")

@@ -85,11 +85,12 @@ class Reloader:
             error = "; ".join(not_applied)
             runner.writer.say(PRIORITY_ERR, f"configuration reloaded in part: {error}")
             return self._record(moment, "partial", error, not_applied)
+        outcome = self._record(moment, "ok", None, [])
         runner.writer.say(
             PRIORITY_INFO,
             f"configuration reloaded ({change.describe() or 'no change'}): {runner.status_line()}",
         )
-        return self._record(moment, "ok", None, [])
+        return outcome
 
     def _apply(
         self, part: str, runner: Runner, running: Config, new: Config

@@ -141,8 +141,8 @@ def test_status_shows_times_with_their_zone_and_failures(
         "last_reload": {
             "time": "2026-11-30T09:00:00.000000Z",
             "outcome": "partial",
-            "error": "cannot bind",
-            "not_applied": ["socket.path"],
+            "error": "[socket]: cannot listen on /x.sock: no such group",
+            "not_applied": ["[socket]: cannot listen on /x.sock: no such group"],
         },
     }
     code, out, _ = run(capsys, fake, "status")
@@ -151,7 +151,8 @@ def test_status_shows_times_with_their_zone_and_failures(
     assert lines["Last scan"] == "2026-11-30 10:00:01 UTC"
     assert lines["Store FAILING"] == "/var/lib/portwatchd/events.db: disk I/O error"
     assert lines["Last reload"] == (
-        "2026-11-30 09:00:00 UTC, PARTIAL: cannot bind (not applied: socket.path)"
+        "2026-11-30 09:00:00 UTC, PARTIAL: not applied: [socket]: cannot listen on /x.sock:"
+        " no such group"
     )
 
 
