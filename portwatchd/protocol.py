@@ -49,6 +49,9 @@ Without after_seq, since and limit the stream is live only.
 
 Event objects are `portwatchd.model.Event.to_dict()`.
 
+The daemon validates requests with `portwatchd.protocol_requests`, which
+only the daemon imports.
+
 Kept to `json` alone on purpose: portwatchctl imports this module on every
 start, and `portwatchctl status` must answer in a few tens of milliseconds.
 """
@@ -100,9 +103,8 @@ ERROR_CODES = frozenset(
     }
 )
 
-_EVENT_TYPES = ("opened", "closed")  # model.EVENT_TYPES, without importing dataclasses
-_PROTOS = ("tcp", "udp")
-_QUERY_FIELDS = ("after_seq", "since", "until", "limit", "type", "proto", "port")
+# The arguments of an `events` request; `follow` takes them all but `until`.
+QUERY_FIELDS = ("after_seq", "since", "until", "limit", "type", "proto", "port")
 
 
 class ProtocolError(Exception):
@@ -123,7 +125,7 @@ class EventQuery:
     would cost portwatchctl's start-up time for nothing.
     """
 
-    __slots__ = _QUERY_FIELDS
+    __slots__ = QUERY_FIELDS
 
     def __init__(
         self,
@@ -147,7 +149,7 @@ class EventQuery:
     def as_args(self) -> dict[str, Any]:
         """The filters that are set, as request arguments (and ring.query keywords)."""
         return {
-            name: getattr(self, name) for name in _QUERY_FIELDS if getattr(self, name) is not None
+            name: getattr(self, name) for name in QUERY_FIELDS if getattr(self, name) is not None
         }
 
     def matches_live(self, type: str, proto: str, port: int) -> bool:
@@ -276,103 +278,6 @@ def check_version(message: dict[str, Any], side: str = "portwatchd") -> None:
     theirs = message.get("v")
     if theirs != PROTOCOL_VERSION or isinstance(theirs, bool):
         raise ProtocolError(VERSION_MISMATCH, version_mismatch_message(theirs, side))
-
-
-# --- request validation (daemon side) --------------------------------------
-
-
-def _int_field(message: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
-    value = message.get(name)
-    if value is None:
-        return None
-    # bool is an int subclass; "port": true is a type error, not port 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ProtocolError(BAD_REQUEST, f"'{name}' must be an integer, got {json.dumps(value)}")
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ProtocolError(BAD_REQUEST, f"'{name}' must be {bounds}, got {value}")
-    return value
-
-
-def _choice_field(message: dict[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
-    value = message.get(name)
-    if value is None:
-        return None
-    if value not in choices or not isinstance(value, str):
-        raise ProtocolError(
-            BAD_REQUEST, f"'{name}' must be one of {', '.join(choices)}, got {json.dumps(value)}"
-        )
-    return value
-
-
-def _time_field(message: dict[str, Any], name: str) -> str | None:
-    value = message.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ProtocolError(
-            BAD_REQUEST, f"'{name}' must be an RFC 3339 string, got {json.dumps(value)}"
-        )
-    from datetime import datetime  # daemon side only; keeps the client fast
-
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise ProtocolError(
-            BAD_REQUEST,
-            f"'{name}' is not an RFC 3339 timestamp: {value!r} (like 2026-11-25T14:00:00Z)",
-        ) from None
-    return value
-
-
-def parse_query(message: dict[str, Any]) -> EventQuery:
-    """The EventQuery of an `events`/`follow` request; bad_request names the field."""
-    return EventQuery(
-        after_seq=_int_field(message, "after_seq", 0, None),
-        since=_time_field(message, "since"),
-        until=_time_field(message, "until"),
-        limit=_int_field(message, "limit", 0, None),
-        type=_choice_field(message, "type", _EVENT_TYPES),
-        proto=_choice_field(message, "proto", _PROTOS),
-        port=_int_field(message, "port", 0, 65535),
-    )
-
-
-_ALLOWED_ARGS: dict[str, frozenset[str]] = {
-    "events": frozenset(_QUERY_FIELDS),
-    "follow": frozenset(_QUERY_FIELDS) - {"until"},
-    "ports": frozenset(),
-    "status": frozenset(),
-    "rescan": frozenset(),
-    "reload": frozenset(),
-    "metrics": frozenset(),
-}
-
-
-def parse_request(message: dict[str, Any]) -> tuple[str, EventQuery | None]:
-    """Validate a decoded request: (request name, its query for events/follow).
-
-    Raises ProtocolError: version_mismatch, unknown_request, or bad_request
-    naming the offending field (unknown arguments included, so that a typo
-    such as "prot" is not silently ignored).
-    """
-    check_version(message, side="portwatchctl")
-    name = message.get("req")
-    if not isinstance(name, str):
-        raise ProtocolError(BAD_REQUEST, f"'req' must be a string, got {json.dumps(name)}")
-    if name not in _ALLOWED_ARGS:
-        raise ProtocolError(
-            UNKNOWN_REQUEST, f"unknown request {name!r}: expected one of {', '.join(REQUESTS)}"
-        )
-    if name == "follow" and "until" in message:
-        raise ProtocolError(
-            BAD_REQUEST, "'until' is for events: a follow stream has no end (use events --until)"
-        )
-    unknown = sorted(set(message) - {"v", "req"} - _ALLOWED_ARGS[name])
-    if unknown:
-        raise ProtocolError(BAD_REQUEST, f"unknown argument(s) for {name!r}: {', '.join(unknown)}")
-    query = parse_query(message) if name in ("events", "follow") else None
-    return name, query
 
 
 # --- stream lines (daemon side) ----------------------------------------------

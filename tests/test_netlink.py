@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from portwatchd.model import Endpoint
 from portwatchd.sources.base import ParseError, ScanError, SourceUnavailable
-from portwatchd.sources.netlink import parse_dump
+from portwatchd.sources.netlink_parse import parse_dump
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portwatchd.model import UNKNOWN_OWNER
-from portwatchd.sources.owners import (
+from portwatchd.sources.owners import OwnerResolver
+from portwatchd.sources.procinfo import (
     CMDLINE_MAX_CHARS,
-    OwnerResolver,
     ProcessInfo,
     ProcStat,
     main_process,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portwatchd import protocol
+from portwatchd import protocol, protocol_requests
 from portwatchd.model import Endpoint, Event, Owner
 from portwatchd.protocol import EventQuery, ProtocolError
 
@@ -41,7 +41,7 @@ def test_request_leaves_out_unset_arguments() -> None:
 
 
 def test_parse_request_returns_the_query() -> None:
-    name, query = protocol.parse_request(
+    name, query = protocol_requests.parse_request(
         {"v": 1, "req": "events", "after_seq": 3, "type": "closed", "port": 22, "limit": 0}
     )
     assert name == "events"
@@ -52,7 +52,7 @@ def test_parse_request_returns_the_query() -> None:
         "type": "closed",
         "port": 22,
     }
-    assert protocol.parse_request({"v": 1, "req": "status"}) == ("status", None)
+    assert protocol_requests.parse_request({"v": 1, "req": "status"}) == ("status", None)
 
 
 def test_query_matches_live_filters() -> None:
@@ -93,7 +93,7 @@ def test_parse_request_errors_name_the_problem(
     message: dict[str, Any], code: str, text: str
 ) -> None:
     with pytest.raises(ProtocolError) as caught:
-        protocol.parse_request(message)
+        protocol_requests.parse_request(message)
     assert caught.value.code == code
     assert text in caught.value.message
 
@@ -176,7 +176,7 @@ _request_like = st.fixed_dictionaries(
 @given(_request_like)
 def test_any_request_validates_or_fails_cleanly(message: dict[str, Any]) -> None:
     try:
-        name, query = protocol.parse_request(message)
+        name, query = protocol_requests.parse_request(message)
     except ProtocolError as exc:
         assert exc.code in protocol.ERROR_CODES
         assert exc.message
@@ -190,22 +190,22 @@ def test_any_request_validates_or_fails_cleanly(message: dict[str, Any]) -> None
 
 
 def test_until_is_an_events_filter_and_follow_refuses_it() -> None:
-    _name, query = protocol.parse_request(
+    _name, query = protocol_requests.parse_request(
         {"v": 1, "req": "events", "since": "2026-11-25T14:00:00Z", "until": "2026-11-26"}
     )
     assert query == EventQuery(since="2026-11-25T14:00:00Z", until="2026-11-26")
     assert query is not None and query.as_args()["until"] == "2026-11-26"
     with pytest.raises(ProtocolError) as caught:
-        protocol.parse_request({"v": 1, "req": "follow", "until": "2026-11-26"})
+        protocol_requests.parse_request({"v": 1, "req": "follow", "until": "2026-11-26"})
     assert caught.value.code == protocol.BAD_REQUEST
     assert "'until' is for events" in caught.value.message
     with pytest.raises(ProtocolError, match="'until' is not an RFC 3339 timestamp"):
-        protocol.parse_request({"v": 1, "req": "events", "until": "tomorrow"})
+        protocol_requests.parse_request({"v": 1, "req": "events", "until": "tomorrow"})
 
 
 def test_reload_and_metrics_are_requests_and_reload_mutates() -> None:
-    assert protocol.parse_request({"v": 1, "req": "reload"}) == ("reload", None)
-    assert protocol.parse_request({"v": 1, "req": "metrics"}) == ("metrics", None)
+    assert protocol_requests.parse_request({"v": 1, "req": "reload"}) == ("reload", None)
+    assert protocol_requests.parse_request({"v": 1, "req": "metrics"}) == ("metrics", None)
     assert "reload" in protocol.MUTATING_REQUESTS and "metrics" not in protocol.MUTATING_REQUESTS
     assert protocol.CONFIG_ERROR == "config_error" and "config_error" in protocol.ERROR_CODES
 

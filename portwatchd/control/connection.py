@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from portwatchd import protocol
+from portwatchd.control.replies import ChunkStream, Stream
 from portwatchd.reactor import Callback, Reactor, Timer
 
 if TYPE_CHECKING:
@@ -25,58 +26,6 @@ if TYPE_CHECKING:
 # than write_timeout closes the connection.
 WRITE_BUFFER_HIGH = 256 * 1024
 _HANGUP_READ = 4096
-
-
-class Stream:
-    """A reply produced over time. Subclasses implement `pull`.
-
-    `pull()` returns the next chunk, or None when nothing is ready now;
-    the stream then calls `wake()` once it has more. Set `finished` when no
-    chunk will follow. `close()` is called once, when the reply ends or the
-    connection closes: drop subscriptions there. An `exclusive` stream (a
-    follow stream) owns the connection to its end: any byte from the client
-    ends it, and the connection closes after it.
-    """
-
-    exclusive = False
-
-    def __init__(self) -> None:
-        self.finished = False
-        self._wake: Callable[[], None] | None = None
-
-    def start(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-
-    def wake(self) -> None:
-        if self._wake is not None:
-            self._wake()
-
-    def pull(self) -> bytes | None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self._wake = None
-
-
-class _Chunks(Stream):
-    """An iterator of chunks as a Stream: each `next()` is one slice."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        super().__init__()
-        self._chunks = chunks
-
-    def pull(self) -> bytes | None:
-        for chunk in self._chunks:
-            if chunk:
-                return chunk
-        self.finished = True
-        return None
-
-    def close(self) -> None:
-        super().close()
-        closer = getattr(self._chunks, "close", None)
-        if closer is not None:
-            closer()  # a generator's `finally` runs now, not at garbage collection
 
 
 class Outbox:
@@ -165,6 +114,25 @@ class _Registration:
         self.reactor.remove(self.sock)
 
 
+def _guarded(connection: Connection, step: Callable[[], None]) -> Callable[[], None]:
+    """A callback that never raises into the reactor: a client that went
+    away is closed quietly, anything else is logged, and only this
+    connection is closed."""
+
+    def callback() -> None:
+        if connection.closed:
+            return
+        try:
+            step()
+        except OSError:
+            connection.close()  # ECONNRESET, EPIPE...: the client went away
+        except Exception as exc:
+            connection.server.log(f"client connection failed: {type(exc).__name__}: {exc}")
+            connection.close()
+
+    return callback
+
+
 class Connection:
     def __init__(self, server: ControlServer, sock: socket.socket, uid: int | None) -> None:
         self.server = server
@@ -186,29 +154,11 @@ class Connection:
         self.idle_deadline = self.reactor.time() + server.idle_timeout
         self.write_deadline: float | None = None  # set while the client is behind
         # Bound once: the reactor gets the same callables on every re-registration.
-        self._on_readable = self._guarded(self._read)
-        self._on_writable = self._guarded(self._writable)
-        self._on_timer = self._guarded(self._deadline_reached)
+        self._on_readable = _guarded(self, self._read)
+        self._on_writable = _guarded(self, self._writable)
+        self._on_timer = _guarded(self, self._deadline_reached)
 
     # --- reactor callbacks ----------------------------------------------------
-
-    def _guarded(self, step: Callable[[], None]) -> Callable[[], None]:
-        """A callback that never raises into the reactor: a client that went
-        away is closed quietly, anything else is logged, and only this
-        connection is closed."""
-
-        def callback() -> None:
-            if self.closed:
-                return
-            try:
-                step()
-            except OSError:
-                self.close()  # ECONNRESET, EPIPE...: the client went away
-            except Exception as exc:
-                self.server.log(f"client connection failed: {type(exc).__name__}: {exc}")
-                self.close()
-
-        return callback
 
     def start(self) -> None:
         self._settle()
@@ -328,7 +278,7 @@ class Connection:
         if isinstance(reply, bytes):
             self.outbox.put(reply)
             return True
-        self.reply = reply if isinstance(reply, Stream) else _Chunks(reply)
+        self.reply = reply if isinstance(reply, Stream) else ChunkStream(reply)
         self.reply.start(self._wake)
         if self.reply.exclusive and self.inbox:
             self._finish()  # bytes after `follow` end the stream, as a hang-up does

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from portwatchd import protocol
-from portwatchd.control.connection import Stream
+from portwatchd.control.replies import Stream
 from portwatchd.model import Event, Loss
 from portwatchd.protocol import EventQuery
 

@@ -18,6 +18,7 @@ from portwatchd.control.follow import EVENTS_PER_SLICE, FollowStream, LiveFeed, 
 from portwatchd.control.transport import Caller, DeferredReply, Reply
 from portwatchd.model import Endpoint, Event, Loss, Owner
 from portwatchd.protocol import EventQuery, ProtocolError
+from portwatchd.protocol_requests import parse_request
 
 __all__ = ["EVENTS_PER_SLICE", "ConfigErrorHandlers", "HistoryReader", "RequestHandlers"]
 
@@ -58,7 +59,7 @@ def _log_to_stderr(message: str) -> None:
 
 
 def _parse(line: bytes) -> tuple[str, EventQuery | None]:
-    return protocol.parse_request(protocol.decode(line))
+    return parse_request(protocol.decode(line))
 
 
 def _require_root(caller: Caller, request: str) -> None:

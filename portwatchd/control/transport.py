@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from portwatchd import protocol
-from portwatchd.control.connection import Connection, Stream
+from portwatchd.control.connection import Connection
+from portwatchd.control.replies import Stream
 from portwatchd.control.socketfile import ControlError, SocketFile, inherited_listen_socket
 from portwatchd.reactor import Reactor, Timer
 
