@@ -13,7 +13,9 @@
 #                         (/usr/local/lib/tmpfiles.d/portwatchd.conf)
 #   the journal catalog   /usr/local/lib/systemd/catalog/portwatchd.catalog
 #   the man pages         /usr/local/share/man/man{1,5,8}
-#   bash completion       /usr/local/share/bash-completion/completions/portwatchctl
+#   completion            bash: /usr/local/share/bash-completion/completions/portwatchctl
+#                         zsh: /usr/local/share/zsh/site-functions/_portwatchctl
+#                         fish: /usr/local/share/fish/vendor_completions.d/portwatchctl.fish
 #   a default config      /etc/portwatchd/portwatchd.toml (only if absent),
 #                         and the drop-in directory /etc/portwatchd/portwatchd.d
 #
@@ -36,6 +38,8 @@ UNIT_DIR=/etc/systemd/system
 CATALOG_DIR=$PREFIX/lib/systemd/catalog
 MAN_DIR=$PREFIX/share/man
 COMPLETION_DIR=$PREFIX/share/bash-completion/completions
+ZSH_COMPLETION_DIR=$PREFIX/share/zsh/site-functions
+FISH_COMPLETION_DIR=$PREFIX/share/fish/vendor_completions.d
 SYSUSERS_DIR=$PREFIX/lib/sysusers.d
 TMPFILES_DIR=$PREFIX/lib/tmpfiles.d
 CONFIG_DIR=/etc/portwatchd
@@ -113,8 +117,10 @@ install_man_pages() {
 
 install_completion() {
     [ -e "$SRC/completion/portwatchctl" ] || return 0
-    install -d "$COMPLETION_DIR"
+    install -d "$COMPLETION_DIR" "$ZSH_COMPLETION_DIR" "$FISH_COMPLETION_DIR"
     install -m 0644 "$SRC/completion/portwatchctl" "$COMPLETION_DIR/portwatchctl"
+    install -m 0644 "$SRC/completion/_portwatchctl" "$ZSH_COMPLETION_DIR/_portwatchctl"
+    install -m 0644 "$SRC/completion/portwatchctl.fish" "$FISH_COMPLETION_DIR/portwatchctl.fish"
 }
 
 # The user and group from sysusers.d, /run/portwatchd from tmpfiles.d, as
@@ -175,7 +181,8 @@ do_uninstall() {
         [ -e "$page" ] || continue
         rm -f "$MAN_DIR/man${page##*.}/$(basename "$page")"
     done
-    rm -f "$COMPLETION_DIR/portwatchctl"
+    rm -f "$COMPLETION_DIR/portwatchctl" "$ZSH_COMPLETION_DIR/_portwatchctl" \
+        "$FISH_COMPLETION_DIR/portwatchctl.fish"
     rm -f "$SYSUSERS_DIR/portwatchd.conf" "$TMPFILES_DIR/portwatchd.conf"
     if (cd / && "$PYTHON" -I -c 'import portwatchd' 2>/dev/null); then
         pip uninstall --quiet --yes --break-system-packages --root-user-action=ignore portwatchd

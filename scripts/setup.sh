@@ -27,12 +27,14 @@ python3 python3-venv python3-systemd python3-sdnotify python3-setuptools python3
 # Testing: the namespace and booted-systemd tests' tools, the package build
 # (build-essential: dpkg-checkbuilddeps requires it, and the Build-Depends
 # of debian/control), lintian, man (the man page tests), git (the upgrade
-# test builds the 0.1.0 package from its commit) and pip (`make install`,
-# which the booted-systemd tests run, installs with Debian's pip).
+# test builds the 0.1.0 package from its commit), pip (`make install`,
+# which the booted-systemd tests run, installs with Debian's pip), zsh and
+# fish (the completion tests run each shell's own completion) and sqlite3
+# (the store's schema is checked with the command operators use).
 APT_TEST="
 build-essential debhelper dh-python pybuild-plugin-pyproject python3-all dpkg-dev
 fakeroot lintian python3-pytest python3-hypothesis bash-completion
-man-db iproute2 util-linux procps systemd git python3-pip
+man-db iproute2 util-linux procps systemd git python3-pip zsh fish sqlite3
 "
 
 VENV=.venv

@@ -251,7 +251,7 @@ def test_config_error_daemon_answers_status_only(sockdir: str) -> None:
             answer = ask(thread.path, req=name)
             assert error_code(answer) == protocol.CONFIG_ERROR
             assert error in answer["error"]["message"]
-            assert "systemctl restart portwatchd" in answer["error"]["message"]
+            assert "systemctl reload portwatchd" in answer["error"]["message"]
         assert error_code(ask(thread.path, req="nope")) == protocol.UNKNOWN_REQUEST
     finally:
         thread.stop()
