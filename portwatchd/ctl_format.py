@@ -235,75 +235,100 @@ _FAILURES = (
 )
 
 
+class _StatusPage:
+    """The label/value pairs of the human `status` output, built in order."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+        self.pairs: list[tuple[str, str]] = []
+        self.shown: set[str] = set()
+
+    def add(self, label: str, key: str, value: str | None = None) -> None:
+        if key in self.status:
+            self.pairs.append(
+                (label, value if value is not None else text_or_dash(self.status[key]))
+            )
+            self.shown.add(key)
+
+    def counts(self, label: str, key: str) -> None:
+        """A {name: count} field as "3 opened, 2 closed"; nothing when empty."""
+        value = self.status.get(key)
+        if isinstance(value, dict) and value:
+            self.add(label, key, ", ".join(f"{n} {name}" for name, n in sorted(value.items())))
+        self.shown.add(key)
+
+    def rest(self) -> None:
+        """Fields this client has no label for (a newer daemon's), as they are."""
+        for key in sorted(set(self.status) - self.shown):
+            value = self.status[key]
+            self.pairs.append(
+                (key, json.dumps(value) if isinstance(value, dict | list) else text_or_dash(value))
+            )
+
+
 def status_lines(status: dict[str, Any], local: bool = False) -> list[tuple[str, str]]:
     """Label/value pairs for the human `status` output, known keys first."""
-    pairs: list[tuple[str, str]] = []
-    shown: set[str] = set()
-
-    def add(label: str, key: str, value: str | None = None) -> None:
-        if key in status:
-            pairs.append((label, value if value is not None else text_or_dash(status[key])))
-            shown.add(key)
-
-    add("Version", "version")
-    add("PID", "pid")
+    page = _StatusPage(status)
     uptime = status.get("uptime_s")
-    add("Uptime", "uptime_s", duration_text(uptime) if isinstance(uptime, int | float) else None)
-    add("Protocol", "protocol")
-    add("Scanner", "backend")
-    add("Interval", "interval_s", f"{status.get('interval_s')} s")
-    add("Owner lookup", "owners", "on" if status.get("owners") else "off")
-    add("Ports watched", "ports_watched")
-    add("Events total", "events_total")
-    by_type = status.get("events_by_type")
-    if isinstance(by_type, dict) and by_type:
-        add("By type", "events_by_type", ", ".join(f"{n} {t}" for t, n in sorted(by_type.items())))
-    detections = status.get("detections")
-    if isinstance(detections, dict) and detections:
-        add("Found by", "detections", ", ".join(f"{n} {d}" for d, n in sorted(detections.items())))
-    add(
-        "Scans",
-        "scans_total",
-        f"{status.get('scans_total')} ({status.get('scan_errors_total', 0)} failed)",
+    page.add("Version", "version")
+    page.add("PID", "pid")
+    page.add(
+        "Uptime", "uptime_s", duration_text(uptime) if isinstance(uptime, int | float) else None
     )
-    shown.add("scan_errors_total")
-    add("Last hour", "events_last_hour", f"{status.get('events_last_hour')} events")
-    add("Last seq", "last_seq")
+    page.add("Protocol", "protocol")
+    page.add("Scanner", "backend")
+    page.add("Interval", "interval_s", f"{status.get('interval_s')} s")
+    page.add("Owner lookup", "owners", "on" if status.get("owners") else "off")
+    page.add("Ports watched", "ports_watched")
+    page.add("Events total", "events_total")
+    page.counts("By type", "events_by_type")
+    page.counts("Found by", "detections")
+    failed = status.get("scan_errors_total", 0)
+    page.add("Scans", "scans_total", f"{status.get('scans_total')} ({failed} failed)")
+    page.shown.add("scan_errors_total")
+    page.add("Last hour", "events_last_hour", f"{status.get('events_last_hour')} events")
+    page.add("Last seq", "last_seq")
+    _history_line(page)
+    _health_lines(page, local)
+    page.rest()
+    return page.pairs
+
+
+def _history_line(page: _StatusPage) -> None:
+    status = page.status
     if "history_size" in status:
-        add(
+        page.add(
             "History",
             "history_size",
             f"{status['history_size']} events held of {status.get('history_capacity', '?')}"
             f", oldest seq {text_or_dash(status.get('oldest_seq'))}",
         )
-        shown.update(("history_capacity", "oldest_seq", "ring_size", "ring_capacity"))
+        page.shown.update(("history_capacity", "oldest_seq", "ring_size", "ring_capacity"))
     elif "ring_size" in status:  # a 0.1 daemon
-        add("Ring", "ring_size", f"{status['ring_size']} of {status.get('ring_capacity', '?')}")
-        shown.add("ring_capacity")
-    add("Last scan", "last_scan_time", format_time(status.get("last_scan_time"), local))
-    add("Last scan took", "last_scan_duration_ms", f"{status.get('last_scan_duration_ms')} ms")
+        page.add(
+            "Ring", "ring_size", f"{status['ring_size']} of {status.get('ring_capacity', '?')}"
+        )
+        page.shown.add("ring_capacity")
+
+
+def _health_lines(page: _StatusPage, local: bool) -> None:
+    status = page.status
+    page.add("Last scan", "last_scan_time", format_time(status.get("last_scan_time"), local))
+    page.add("Last scan took", "last_scan_duration_ms", f"{status.get('last_scan_duration_ms')} ms")
     for key, label in _FAILURES:
         if status.get(key):
-            add(label, key)
-        else:
-            shown.add(key)
+            page.add(label, key)
+        page.shown.add(key)
     if status.get("journal_pending"):
-        add("Journal pending", "journal_pending", f"{status['journal_pending']} events")
-    else:
-        shown.add("journal_pending")
-    add("Journal errors", "journal_errors_total")
-    add("Config", "config_path", status.get("config_path") or "built-in defaults")
-    add("State", "state_dir")
+        page.add("Journal pending", "journal_pending", f"{status['journal_pending']} events")
+    page.shown.add("journal_pending")
+    page.add("Journal errors", "journal_errors_total")
+    page.add("Config", "config_path", status.get("config_path") or "built-in defaults")
+    page.add("State", "state_dir")
     reload = status.get("last_reload")
     if reload is None:
-        add("Last reload", "last_reload", "never")
+        page.add("Last reload", "last_reload", "never")
     elif isinstance(reload, dict):
-        add("Last reload", "last_reload", reload_text(reload, local))
-    add("Clients", "clients")
-    add("Followers", "followers")
-    for key in sorted(set(status) - shown):
-        value = status[key]
-        pairs.append(
-            (key, json.dumps(value) if isinstance(value, dict | list) else text_or_dash(value))
-        )
-    return pairs
+        page.add("Last reload", "last_reload", reload_text(reload, local))
+    page.add("Clients", "clients")
+    page.add("Followers", "followers")

@@ -142,25 +142,18 @@ def build_runner(
 ) -> Runner | int:
     """Every part of the daemon, wired; an exit status when one cannot be had."""
     from portwatchd.engine import Engine
-    from portwatchd.log import EventLog
     from portwatchd.lookup import ThreadedLookup
     from portwatchd.notify import Notifier
-    from portwatchd.outputs.journal import JournalSink, journal_last_seq, open_sink
+    from portwatchd.outputs.journal import JournalSink, open_sink
     from portwatchd.outputs.journal_writer import JournalWriter
     from portwatchd.reload import Reloader
     from portwatchd.runner import Runner
     from portwatchd.sources.base import ScanError
     from portwatchd.sources.choose import open_scanner
     from portwatchd.sources.owners import OwnerResolver
-    from portwatchd.store import Store
 
     sink = open_sink(config.log_target, json_lines=config.log_format == "json")
-    log = EventLog(
-        Store.open(config.state_dir),
-        history_size=config.history_size,
-        history_max_age_s=config.history_max_age_s,
-        journal_last_seq=journal_last_seq if isinstance(sink, JournalSink) else lambda: None,
-    )
+    log = open_log(config, reads_journal=isinstance(sink, JournalSink))
     writer = JournalWriter(sink, log, reactor)
     for warning in (*config.warnings, *log.warnings):
         writer.say(4, warning)
@@ -196,15 +189,25 @@ def build_runner(
         state_dir=config.state_dir,
     )
     runner: Runner = Runner(
-        config,
-        engine=engine,
-        log=log,
-        writer=writer,
-        reloader=reloader,
-        notifier=Notifier(),
-        reactor=reactor,
-    )
+        config, engine=engine, log=log, writer=writer, reloader=reloader,
+        notifier=Notifier(), reactor=reactor,
+    )  # fmt: skip
     return runner
+
+
+def open_log(config: Config, *, reads_journal: bool) -> EventLog:
+    """The event log over its store; where events go to the journal, the
+    journal is the fallback for the last seq ever sent."""
+    from portwatchd.log import EventLog
+    from portwatchd.outputs.journal import journal_last_seq
+    from portwatchd.store import Store
+
+    return EventLog(
+        Store.open(config.state_dir),
+        history_size=config.history_size,
+        history_max_age_s=config.history_max_age_s,
+        journal_last_seq=journal_last_seq if reads_journal else lambda: None,
+    )
 
 
 def build_control(
@@ -244,44 +247,37 @@ def build_control(
 def run_with_config_error(
     error: ConfigError, inherited: Any, read_config: Callable[[], Config]
 ) -> int:
-    """Started by a client through portwatchd.socket with a broken file: stay
-    up, answer `status` with the error (file, line, key), refuse the rest
-    with config_error, watch nothing, keep pinging the watchdog. Exiting
-    instead would make every portwatchctl call start us again until systemd
-    fails the socket unit. A reload (SIGHUP, or `portwatchctl reload`, which
-    is systemctl reload) reads the file again: once it loads, the daemon
-    starts over in this same process (exec), keeping the socket."""
+    """Socket-activated with a broken file: stay up watching nothing,
+    answer `status` with the error (file:line:key), refuse the rest with
+    config_error, ping the watchdog. Exiting would make every portwatchctl
+    call start us again until systemd fails the socket unit. A reload
+    (SIGHUP, or systemctl reload) that finds the file fixed starts the
+    daemon over in this process (exec), on the same socket."""
     import os
     import time
-    from datetime import UTC, datetime
 
     from portwatchd.control.handlers import ConfigErrorHandlers
     from portwatchd.control.transport import ControlServer
-    from portwatchd.model import rfc3339
     from portwatchd.notify import Notifier, watchdog_interval
     from portwatchd.reactor import Reactor
 
-    started = time.monotonic()
-    reactor = Reactor()
-    notifier = Notifier()
+    started, reactor, notifier = time.monotonic(), Reactor(), Notifier()
     flags = {"stop": False, "reload": False, "fixed": False}
 
     def status() -> dict[str, Any]:
-        return {"version": __version__, "pid": os.getpid(),
-                "uptime_s": round(time.monotonic() - started, 3), "ports_watched": 0}  # fmt: skip
+        uptime = round(time.monotonic() - started, 3)
+        return {"version": __version__, "pid": os.getpid(), "uptime_s": uptime, "ports_watched": 0}
 
     def reload() -> dict[str, Any]:
         notifier.reloading()
-        outcome = {"time": rfc3339(datetime.now(UTC)), "ok": True, "outcome": "ok",
-                   "error": None, "not_applied": []}  # fmt: skip
         try:
             read_config()
         except ConfigError as again:
             handlers.error = str(again)
             notifier.ready(f"configuration error, watching nothing: {again}")
-            return {**outcome, "ok": False, "outcome": "refused", "error": str(again)}
+            return _reload_outcome(str(again))
         flags["fixed"] = True
-        return outcome
+        return _reload_outcome(None)
 
     handlers = ConfigErrorHandlers(status, str(error), reload=reload)
     server = ControlServer(handlers.answer, reactor, inherited=inherited)
@@ -300,9 +296,7 @@ def run_with_config_error(
                 flags["reload"] = False
                 reload()
         if flags["fixed"]:
-            for _ in range(10):  # let the reload's answer reach its client
-                reactor.run_once(0.05)
-            _start_over(inherited)
+            _start_over(inherited, reactor)
     finally:
         notifier.stopping("stopping")
         server.close()
@@ -310,9 +304,28 @@ def run_with_config_error(
     return EXIT_OK
 
 
-def _start_over(inherited: Any) -> None:
-    """exec ourselves with the socket systemd passed, as systemd passed it."""
+def _reload_outcome(error: str | None) -> dict[str, Any]:
+    """A reload's outcome, in the form the running daemon records it."""
+    from datetime import UTC, datetime
+
+    from portwatchd.model import rfc3339
+
+    return {
+        "time": rfc3339(datetime.now(UTC)),
+        "ok": error is None,
+        "outcome": "ok" if error is None else "refused",
+        "error": error,
+        "not_applied": [],
+    }
+
+
+def _start_over(inherited: Any, reactor: Reactor) -> None:
+    """exec ourselves with the socket systemd passed, as systemd passed it,
+    once the reload's answer has had a moment to reach its client."""
     import os
+
+    for _ in range(10):
+        reactor.run_once(0.05)
 
     fd = inherited.fileno()
     os.set_inheritable(fd, True)
