@@ -184,8 +184,9 @@ def test_full_state_dir_and_kill9_never_reuse_a_seq_and_announce_the_gap(
         open_and_close_in_bursts(d, 150, burst=50)  # 300 changes
         status = wait_for_store_error(d.socket_path)
         assert status["store_error"], status
-        first_run = stderr_records(d.stderr_text)
         d.kill9()
+        time.sleep(0.5)  # the reader thread reaches the end of the killed run's stderr
+        first_run = stderr_records(d.stderr_text)
 
         mount_namespace.run("rm", filler)
         d.start().wait_ready()
