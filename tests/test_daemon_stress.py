@@ -18,7 +18,6 @@ import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import termios
@@ -28,9 +27,8 @@ from typing import Any
 
 import pytest
 
-from bench.store import build_history
-from portwatchd.store import DB_FILE
 from tests.daemon_harness import Daemon, listen_tcp, tcp_key
+from tests.history_file import build_journaled_history
 from tests.mountns import mountns_unavailable_reason
 from tests.other_user import BASE_PYTHON
 
@@ -230,19 +228,6 @@ def test_full_state_dir_and_kill9_never_reuse_a_seq_and_announce_the_gap(
 HISTORY_EVENTS = 1_000_000
 
 
-def build_journaled_history(state_dir: str, count: int) -> None:
-    """events.db as a long run leaves it: `count` events, all of them in the journal."""
-    os.makedirs(state_dir)
-    build_history(state_dir, count)  # about 18 s on a 2-core machine
-    connection = sqlite3.connect(os.path.join(state_dir, DB_FILE), isolation_level=None)
-    try:
-        connection.execute(
-            "INSERT OR REPLACE INTO meta (name, value) VALUES ('journaled_seq', ?)", (count,)
-        )
-    finally:
-        connection.close()
-
-
 @pytest.fixture
 def daemon_with_history(netns: None) -> Iterator[Daemon]:
     """A daemon not started yet, its state dir holding HISTORY_EVENTS events."""
@@ -267,11 +252,15 @@ def test_a_million_events_of_history_start_detect_and_answer_quickly(
         opened = d.wait_event("opened", tcp_key(sock), timeout=10)
         detected_s = time.monotonic() - opened_at
     status_s, reply = timed_status(d.socket_path)
+    newest = ask(d.socket_path, "events", limit=50)["events"]
     assert ready_s <= 2.0, f"READY after {ready_s:.2f} s"
     assert detected_s <= 2.0, f"new port reported after {detected_s:.2f} s"
     assert opened["seq"] > HISTORY_EVENTS
     assert status_s < 1.0, f"status answered after {status_s:.2f} s"
     assert reply["status"]["history_size"] >= HISTORY_EVENTS
+    seqs = [event["seq"] for event in newest]
+    assert seqs == list(range(seqs[0], seqs[0] + 50)) and opened["seq"] in seqs
+    assert newest[0]["owner"]["comm"] == "server"  # from the history built before the start
 
 
 # -- 3. config files that are not config files ----------------------------------
