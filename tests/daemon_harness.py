@@ -29,6 +29,7 @@ class Daemon:
         watchdog_usec: int | None = None,
         extra_args: tuple[str, ...] = (),
         read_notify: bool = True,
+        command_prefix: tuple[str, ...] = (),
     ) -> None:
         # Short paths: sun_path holds 108 bytes.
         self.dir = tempfile.mkdtemp(prefix="pwd", dir="/tmp")
@@ -46,6 +47,11 @@ class Daemon:
         self.stderr_text: list[str] = []
         self._notify_sock: socket.socket | None = None
         self.read_notify = read_notify
+        # Run the daemon under this command (e.g. nsenter into a mount namespace).
+        self.command_prefix = command_prefix
+        # Cleared: stderr is left unread, and the daemon's writes block once the pipe is full.
+        self._stderr_open = threading.Event()
+        self._stderr_open.set()
 
     def write_config(self, text: str) -> None:
         with open(self.config_path, "w", encoding="utf-8") as f:
@@ -64,6 +70,7 @@ class Daemon:
         if self.watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         args = [
+            *self.command_prefix,
             sys.executable,
             "-m",
             "portwatchd.daemon",
@@ -96,7 +103,11 @@ class Daemon:
 
     def _read_stderr(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
+        while True:
+            self._stderr_open.wait()
+            line = proc.stderr.readline()
+            if not line:
+                return
             self.stderr_text.append(line)
             try:
                 record = json.loads(line)
@@ -170,6 +181,13 @@ class Daemon:
                 return events
             if "event" in record:
                 events.append(record["event"])
+
+    def pause_stderr(self) -> None:
+        """Stop reading stderr (after the line being read), as a stalled journal would."""
+        self._stderr_open.clear()
+
+    def resume_stderr(self) -> None:
+        self._stderr_open.set()
 
     def stderr(self) -> str:
         return "".join(self.stderr_text[-40:])
