@@ -323,7 +323,11 @@ class EventLog(_ReadSide):
         reserve = self._reserved
         if shrink:
             reserve = self.last_seq
-        elif self.last_seq > self._reserved:
+        elif self.last_seq + SEQ_BLOCK // 2 > self._reserved:
+            # Always half a block ahead, from the first write at open on:
+            # a store that fails later (a full disk) then still has durable
+            # seqs reserved for the events minted meanwhile, and a kill -9
+            # during the outage cannot make the next run hand them out again.
             reserve = self.last_seq + SEQ_BLOCK
         meta = (self.last_seq, reserve, self.journaled_seq, self.last_alive)
         if meta == self._written and not self._unstored:

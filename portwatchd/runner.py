@@ -34,6 +34,7 @@ from portwatchd.status import EventRate, status_line, status_report
 EXIT_OK = 0
 EXIT_FAILURE = 1
 HEARTBEAT_S = 30.0
+RELOAD_SPACING_S = 1.0
 STORE_RETRY_S = 5.0
 PRUNE_EVERY_S = 1.0
 LOOKUP_STUCK_S = 10.0
@@ -74,6 +75,7 @@ class Runner:
         self._started = monotonic()
         self._stop = False
         self._reload = False
+        self._next_reload = 0.0  # reloads are spaced: a SIGHUP storm is a few reloads
         self._rescan = False
         self._reload_waiters: list[Callable[[dict[str, Any]], None]] = []
         self._next_scan = 0.0
@@ -138,7 +140,7 @@ class Runner:
         self._next_heartbeat = self._monotonic()  # alive from now: dates a crash's downtime
         while not self._stop:
             self._turn(self._until_due())
-            if self._reload:
+            if self._reload and self._monotonic() >= self._next_reload:
                 self._do_reload()
             if (self._rescan or self._monotonic() >= self._next_scan) and self._scan():
                 self._rescan = False
@@ -155,9 +157,11 @@ class Runner:
         # comes through the reactor and wakes it. Counting the scan as due
         # would spin the loop against the lookup worker.
         scan_possible = self.engine.waiting_since is None
-        if self._stop or self._reload or (self._rescan and scan_possible):
+        if self._stop or (self._rescan and scan_possible):
             return 0.0
         due = min(self._next_heartbeat, self._next_prune, self._next_metrics)
+        if self._reload:
+            due = min(due, self._next_reload)
         if scan_possible:
             due = min(due, self._next_scan)
         if self._watchdog_every is not None:
@@ -259,8 +263,10 @@ class Runner:
     # -- reload and stop ---------------------------------------------------------
 
     def _do_reload(self) -> None:
-        # Several SIGHUPs before we get here are one reload.
+        # Every SIGHUP before this point is this one reload, and those that
+        # come during it or within RELOAD_SPACING_S after it are one more.
         self._reload = False
+        self._next_reload = self._monotonic() + RELOAD_SPACING_S
         waiters, self._reload_waiters = self._reload_waiters, []
         self.notifier.reloading()
         outcome = self.reloader.reload(self)

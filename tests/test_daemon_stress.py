@@ -141,23 +141,9 @@ def wait_for_store_error(path: str, timeout: float = 10.0) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-SEQ_RESERVATION_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "seq reused: EventLog reserves seqs only in the transaction that stores the events"
-        " needing them (log.py _flush: reserve = last_seq + SEQ_BLOCK only once last_seq >"
-        " reserved), and a fresh store is opened with reserved_seq = 0; when the very first"
-        " append fails (state dir already full) every seq handed out is beyond the durable"
-        " reservation, so after kill -9 the next run starts again at 1, with other ids, and"
-        " announces no loss (with log_target = stderr, journal_last_seq gives nothing)."
-        " Reserving a SEQ_BLOCK at open and topping it up before it runs out would fix it"
-    ),
-)
-
-
 @pytest.mark.parametrize(
     "stored_first",
-    [pytest.param(False, marks=SEQ_RESERVATION_XFAIL, id="full-from-the-start"),
+    [pytest.param(False, id="full-from-the-start"),
      pytest.param(True, id="full-after-one-stored-event")],
 )  # fmt: skip
 def test_full_state_dir_and_kill9_never_reuse_a_seq_and_announce_the_gap(
@@ -336,15 +322,6 @@ def test_a_config_that_is_not_a_small_file_is_refused_at_reload(netns: None, kin
 # -- 4. a storm of SIGHUPs --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "not coalesced: 1,000 SIGHUPs 1 ms apart give 999-1,000 reloads (RELOADING=1 each)."
-        " A reload takes ~0.2 ms, and Runner._do_reload only merges the signals that land"
-        " before the loop's next turn; nothing spaces reloads, so a burst spread over a"
-        " second (the issue's 1,000 in 1.3 s) is one reload per signal"
-    ),
-)
 def test_a_thousand_sighups_are_a_few_reloads_and_the_daemon_answers(netns: None) -> None:
     # 1 ms apart, as the burst (1,000 in 1.3 s): sent back to back
     # they would all land before the daemon runs, and the kernel, which

@@ -97,16 +97,25 @@ def test_history_survives_a_clean_restart_without_a_gap(tmp_path: Path) -> None:
 
 def test_a_restart_without_close_starts_above_the_reservation_and_says_so(tmp_path: Path) -> None:
     filled(tmp_path, 5)  # never closed: as after kill -9
+    # SEQ_BLOCK seqs were reserved when the store opened; 5 are used.
     again = open_log(tmp_path, clock=lambda: START)
-    assert again.last_seq == 5 + SEQ_BLOCK
-    loss = Loss(6, 5 + SEQ_BLOCK, rfc3339(START), again.losses(0, 10**9)[0].reason)
+    assert again.last_seq == SEQ_BLOCK
+    loss = Loss(6, SEQ_BLOCK, rfc3339(START), again.losses(0, 10**9)[0].reason)
     assert again.losses(0, 10**9) == [loss]
     assert "portwatchd stopped before storing" in loss.reason
-    assert any("events 6 to 1005 are missing" in warning for warning in again.warnings)
-    assert seqs(again.append([draft(6)])) == [1006]
+    assert any("events 6 to 1000 are missing" in warning for warning in again.warnings)
+    assert seqs(again.append([draft(6)])) == [SEQ_BLOCK + 1]
     again.close()
     third = open_log(tmp_path)
     assert third.losses(0, 10**9) == [loss] and third.warnings == []
+
+
+def test_seqs_stay_reserved_ahead_so_an_outage_after_open_reuses_none(tmp_path: Path) -> None:
+    log = open_log(tmp_path)  # the store works at open, and fails later
+    log.append([draft(minutes) for minutes in range(1, 600)])  # past half the first block
+    reserved_at = log.last_seq + SEQ_BLOCK
+    again = open_log(tmp_path)  # as after a kill -9 at this point
+    assert again.last_seq == reserved_at
 
 
 def test_the_journal_s_last_seq_wins_over_a_lower_store(tmp_path: Path) -> None:
@@ -183,12 +192,12 @@ def test_retention_by_age_in_bounded_steps(tmp_path: Path) -> None:
 
 
 def test_page_across_a_gap(tmp_path: Path) -> None:
-    filled(tmp_path, 2)  # no close: the next run starts at 1003
+    filled(tmp_path, 2)  # no close: the next run starts above the reservation, at 1001
     again = open_log(tmp_path)
     again.append([draft(5), draft(9)])
-    assert seqs(again.page(ANY, 1, 10)) == [2, 1003, 1004]
-    assert seqs(again.page(ANY, 2, 10)) == [1003, 1004]
-    assert newest(again, ANY, 2) == [1003, 1004]
+    assert seqs(again.page(ANY, 1, 10)) == [2, 1001, 1002]
+    assert seqs(again.page(ANY, 2, 10)) == [1001, 1002]
+    assert newest(again, ANY, 2) == [1001, 1002]
 
 
 def test_filters_by_type_proto_and_port(tmp_path: Path) -> None:
