@@ -28,6 +28,7 @@ from portwatchd.config import (
 )
 from portwatchd.config_env import environment_errors
 from portwatchd.model import Endpoint
+from tests.other_user import python_as
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -360,13 +361,17 @@ def test_an_unwritable_parent_is_reported_for_a_plain_user() -> None:
             f"socket=SocketConfig(path={str(locked / 'run' / 'c.sock')!r}))\n"
             "print([error.message for error in environment_errors(config)])\n"
         )
-        command = [sys.executable, "-c", program]
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
                 pytest.skip("needs setpriv(1) to drop root")
-            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-        result = subprocess.run(
-            command, cwd=REPO, capture_output=True, text=True, check=False, timeout=60
-        )
+            nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            # A tree under root's 0700 home is out of nobody's reach: python_as
+            # runs a readable copy of the package.
+            result = python_as(nobody, "-c", program, timeout=60)
+        else:
+            result = subprocess.run(
+                [sys.executable, "-c", program],
+                cwd=REPO, capture_output=True, text=True, check=False, timeout=60,
+            )  # fmt: skip
     expected = [f"{locked}/run does not exist and cannot be created: {locked} is not writable"]
     assert result.stdout.strip() == repr(expected), result.stderr
