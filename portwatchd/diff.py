@@ -47,14 +47,32 @@ def _socket_order(endpoint: Endpoint) -> tuple[int, str, int, str]:
 
 def snapshot_of(endpoints: Iterable[Endpoint]) -> Snapshot:
     """Group endpoints by key; an endpoint seen twice in one scan counts once."""
-    grouped: dict[str, set[Endpoint]] = {}
+    grouped: dict[str, list[Endpoint]] = {}
     for endpoint in endpoints:
-        grouped.setdefault(endpoint.key, set()).add(endpoint)
-    return {key: tuple(sorted(sockets, key=_socket_order)) for key, sockets in grouped.items()}
+        sockets = grouped.get(key := endpoint.key)
+        if sockets is None:
+            grouped[key] = [endpoint]
+        else:
+            sockets.append(endpoint)
+    # Most keys have one socket: a 50,000-socket burst is one pass, not
+    # 50,000 sets and sorts.
+    return {
+        key: (sockets[0],) if len(sockets) == 1 else tuple(sorted(set(sockets), key=_socket_order))
+        for key, sockets in grouped.items()
+    }
 
 
 def _inodes(sockets: tuple[Endpoint, ...]) -> set[int]:
     return {socket.inode for socket in sockets}
+
+
+def _changed(previous: Snapshot, current: Snapshot) -> set[str]:
+    """The keys in both whose sockets are not the very same."""
+    return {
+        key
+        for key, after in current.items()
+        if (before := previous.get(key)) is not None and before != after
+    }
 
 
 def diff_snapshots(previous: Snapshot, current: Snapshot) -> list[Change]:
@@ -64,7 +82,7 @@ def diff_snapshots(previous: Snapshot, current: Snapshot) -> list[Change]:
     Empty sockets tuples are treated as absent keys.
     """
     changes: list[Change] = []
-    for key in sorted(previous.keys() | current.keys()):
+    for key in sorted(previous.keys() ^ current.keys() | _changed(previous, current)):
         before = previous.get(key, ())
         after = current.get(key, ())
         if before and after:

@@ -169,6 +169,10 @@ class Runner:
         return due - self._monotonic()
 
     def _scan(self) -> bool:
+        # A scan of tens of thousands of sockets can take most of a second:
+        # ping first when half the ping interval has passed, so the turn
+        # that scans cannot stretch a gap between pings past half the timeout.
+        self._ping_if_due(early=0.5)
         started = self._monotonic()
         if not self.engine.step():
             return False  # the last pass still waits for owners: its continuation comes first
@@ -183,14 +187,16 @@ class Runner:
         now, not after the old one runs out."""
         self._next_scan += new_interval - old_interval
 
-    def _ping_if_due(self) -> None:
+    def _ping_if_due(self, early: float = 0.0) -> None:
+        """WATCHDOG=1 when due, or when `early` (a share of the interval)
+        of the wait is left, before a turn that may run long."""
         if self._watchdog_every is None:
             return
         now = self._monotonic()
         waiting = self.engine.waiting_since
         if waiting is not None and now - waiting > LOOKUP_STUCK_S:
             return
-        if now >= self._next_ping:
+        if now >= self._next_ping - early * self._watchdog_every:
             self.notifier.watchdog()
             self._next_ping = now + self._watchdog_every
 

@@ -239,11 +239,15 @@ def prune_rows(
     deleted = 0
     excess = min(excess, max_rows)
     if excess > 0:
-        deleted += connection.execute(
-            "DELETE FROM events WHERE seq <= ? AND seq <="
-            " (SELECT seq FROM events ORDER BY seq LIMIT 1 OFFSET ?)",
-            (upto_seq, excess - 1),
-        ).rowcount
+        # The cutoff is looked up first and the delete bounded by one number:
+        # given two upper bounds on seq, SQLite ranged over the first (the
+        # journaled seq, past every row) and read the whole table each step.
+        row = connection.execute(
+            "SELECT seq FROM events ORDER BY seq LIMIT 1 OFFSET ?", (excess - 1,)
+        ).fetchone()
+        if row is not None:
+            cutoff = min(row[0], upto_seq)
+            deleted += connection.execute("DELETE FROM events WHERE seq <= ?", (cutoff,)).rowcount
     if before is not None and deleted < max_rows:
         deleted += connection.execute(
             "DELETE FROM events WHERE seq IN"
