@@ -20,6 +20,7 @@ from pathlib import Path
 from bench.client import SECTION as CLIENT_SECTION
 from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
+from bench.daemon_store import SECTION as DAEMON_STORE_SECTION
 from bench.load import LoadError
 from bench.netns import NetnsError, enter_private_netns
 from bench.scan import SECTION as SCAN_SECTION
@@ -32,6 +33,7 @@ SECTIONS: dict[str, Section] = {
     for section in (SCAN_SECTION, DAEMON_SECTION, CONTROL_SECTION, STORE_SECTION)
 }
 SECTIONS[CLIENT_SECTION.name] = CLIENT_SECTION
+SECTIONS[DAEMON_STORE_SECTION.name] = DAEMON_STORE_SECTION
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1

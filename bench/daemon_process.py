@@ -9,6 +9,11 @@ Nothing it writes may ever block it: a thread keeps reading the notify
 socket, and stderr is either a pipe the caller reads (`wait_event`, for the
 detection latency) or a file in the temp dir (`stderr_pipe=False`), whose
 tail goes into the error when the daemon dies.
+
+The notify socket asks the kernel to stamp each datagram's arrival
+(SO_TIMESTAMPNS), so `ready_s` (Popen to READY=1) and `watchdog_pings`
+(arrivals of WATCHDOG=1) are the daemon's timing, not that of our thread,
+which may wait for the GIL while the benchmark is busy.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +35,11 @@ from typing import IO, Any, Self
 from bench.load import REPO_ROOT, LoadError
 
 READY_TIMEOUT_S = 60.0
+# <asm-generic/socket.h>: Python 3.11's socket module lacks them. The control
+# message carries a struct timespec of CLOCK_REALTIME (two longs on 64-bit).
+SO_TIMESTAMPNS = 35
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+_TIMESPEC = struct.Struct("@qq")
 
 
 class DaemonError(LoadError):
@@ -39,8 +50,18 @@ class RunningDaemon:
     """portwatchd with a NOTIFY_SOCKET of ours, so we know when it is READY."""
 
     def __init__(
-        self, interval: float, *, ring_size: int | None = None, stderr_pipe: bool = True
+        self,
+        interval: float,
+        *,
+        ring_size: int | None = None,
+        stderr_pipe: bool = True,
+        state_dir: str | None = None,
+        config_lines: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`state_dir` defaults to a new one in the temp dir (removed at close;
+        a given one is kept); `config_lines` are added to the TOML file and
+        `env` to the daemon's environment."""
         # /tmp and a short prefix: the control socket's path must stay under
         # the 108-byte sun_path limit.
         self.dir = tempfile.mkdtemp(prefix="pwb", dir="/tmp")
@@ -51,13 +72,19 @@ class RunningDaemon:
             f.write('log_format = "json"\n')
             if ring_size is not None:
                 f.write(f"ring_size = {ring_size}\n")
+            f.writelines(f"{line}\n" for line in config_lines)
         notify_path = os.path.join(self.dir, "notify")
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._notify.bind(notify_path)
         self._closing = False
+        self.ready_s = 0.0
+        # Arrival times (CLOCK_REALTIME, s) of every WATCHDOG=1 from READY on.
+        self.watchdog_pings: list[float] = []
         self._stderr_file: IO[str] | None = None
         if not stderr_pipe:
             self._stderr_file = open(self.stderr_path, "w", encoding="utf-8")  # noqa: SIM115
+        started = time.time()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -68,32 +95,45 @@ class RunningDaemon:
                 "--interval",
                 str(interval),
                 "--state-dir",
-                os.path.join(self.dir, "state"),
+                state_dir or os.path.join(self.dir, "state"),
                 "--socket",
                 self.socket_path,
                 "--log-target",
                 "stderr",
             ],
             cwd=REPO_ROOT,
-            env=dict(os.environ, NOTIFY_SOCKET=notify_path),
+            env=dict(os.environ, **(env or {}), NOTIFY_SOCKET=notify_path),
             stderr=subprocess.PIPE if stderr_pipe else self._stderr_file,
             text=True,
         )
         try:
-            self._wait_ready()
+            self.ready_s = self._wait_ready() - started
         except BaseException:
             self.close()
             raise
         self._notify_reader = threading.Thread(target=self._drain_notify, daemon=True)
         self._notify_reader.start()
 
-    def _wait_ready(self) -> None:
+    def _receive(self) -> tuple[bytes, float]:
+        """One notify datagram and its arrival (CLOCK_REALTIME, kernel-stamped)."""
+        message, ancillary, _flags, _address = self._notify.recvmsg(
+            4096, socket.CMSG_SPACE(_TIMESPEC.size)
+        )
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+                seconds, nanoseconds = _TIMESPEC.unpack(data[: _TIMESPEC.size])
+                return message, seconds + nanoseconds / 1e9
+        return message, time.time()
+
+    def _wait_ready(self) -> float:
+        """When READY=1 arrived (CLOCK_REALTIME)."""
         self._notify.settimeout(0.5)
         give_up = time.monotonic() + READY_TIMEOUT_S
         while True:
             try:
-                if b"READY=1" in self._notify.recv(4096):
-                    return
+                message, arrived = self._receive()
+                if b"READY=1" in message:
+                    return arrived
             except TimeoutError:
                 if self.proc.poll() is not None:
                     raise DaemonError(
@@ -109,7 +149,9 @@ class RunningDaemon:
         # drops a message rather than block, but keep its queue empty anyway.
         while not self._closing:
             with contextlib.suppress(TimeoutError, OSError):
-                self._notify.recv(4096)
+                message, arrived = self._receive()
+                if b"WATCHDOG=1" in message.split(b"\n"):
+                    self.watchdog_pings.append(arrived)
 
     def stderr_tail(self, lines: int = 5) -> str:
         """The last lines the daemon logged (only when stderr goes to the file)."""
@@ -140,6 +182,11 @@ class RunningDaemon:
             fields = f.read().rsplit(")", 1)[1].split()
         # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the comm.
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stderr_fd(self) -> int:
+        """The stderr pipe's descriptor, for a reader of its own (stderr_pipe=True)."""
+        assert self.proc.stderr is not None, "stderr_fd needs stderr_pipe=True"
+        return self.proc.stderr.fileno()
 
     def wait_event(self, type_: str, key: str) -> dict[str, Any]:
         """Read the stderr pipe up to this event (only with stderr_pipe=True)."""

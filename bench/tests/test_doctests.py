@@ -9,7 +9,8 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["bench.ss", "bench.load", "bench.timing", "bench.section", "bench.scan"]
+    "module",
+    ["bench.ss", "bench.load", "bench.timing", "bench.section", "bench.scan", "bench.daemon_store"],
 )
 def test_docstring_examples(module: str) -> None:
     failures, tried = doctest.testmod(importlib.import_module(module))
