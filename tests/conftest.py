@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -15,3 +18,13 @@ def netns() -> Iterator[None]:
         pytest.skip(reason)
     with private_netns():
         yield
+
+
+@pytest.fixture
+def sockdir() -> Iterator[str]:
+    """A short directory for Unix sockets (sun_path holds 108 bytes), open
+    to all, so that a test may knock as another user."""
+    path = tempfile.mkdtemp(dir="/tmp", prefix="pw")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -5,8 +5,6 @@ handlers, and the fixtures `backend`, `serve`, `sockdir`."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -100,12 +98,6 @@ class ServerThread(control_harness.ServerThread):
         return self.handlers.followers
 
 
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(dir="/tmp", prefix="pw")
-    os.chmod(path, 0o755)  # so that a test may knock as another user
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -77,12 +75,6 @@ class Served:
         return events
 
 
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(dir="/tmp", prefix="pw")
-    os.chmod(path, 0o755)  # so that a test may knock as another user
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

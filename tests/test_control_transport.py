@@ -10,12 +10,10 @@ import grp
 import json
 import os
 import select
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -92,12 +90,6 @@ def _broken(first: bytes) -> Iterator[bytes]:
     raise RuntimeError("slice failed")
 
 
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(dir="/tmp", prefix="pw")
-    os.chmod(path, 0o755)  # so that a test may knock as another user
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 from portwatchd import ctl, ctl_parser, protocol
 from portwatchd.ctl_format import Style
 from portwatchd.model import Endpoint, Owner
-from tests.control_fixtures import MemoryBackend, ServerThread, backend, serve, sockdir
+from tests.control_fixtures import MemoryBackend, ServerThread, backend, serve
 from tests.other_user import python_as
 
-__all__ = ["backend", "serve", "sockdir"]  # fixtures shared with the control tests
+__all__ = ["backend", "serve"]  # fixtures shared with the control tests
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,11 @@ from portwatchd.protocol import EventQuery
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.owners import OwnerResolver
 from portwatchd.store import Store
-from tests.netns import netns_unavailable_reason, private_netns
+from tests.netns import netns_unavailable_reason
 
 pytestmark = pytest.mark.skipif(
     netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())
 )
-
-
-@pytest.fixture
-def netns() -> Iterator[None]:
-    with private_netns():
-        yield
 
 
 def open_log(state_dir: Path) -> EventLog:
