@@ -539,3 +539,59 @@ def test_the_daemon_runs_as_its_own_user_with_two_capabilities(box: Sandbox) -> 
         assert int(fields[line], 16) == (1 << 2) | (1 << 19), (line, fields)
     owner = box.run("stat", "-c", "%U:%G", "/var/lib/portwatchd").stdout.strip()
     assert owner == "portwatchd:portwatchd"
+
+
+DROP_IN_DIR = "/etc/portwatchd/portwatchd.d"
+
+
+def test_drop_ins_apply_in_name_order_and_errors_name_their_file(box: Sandbox) -> None:
+    ensure_running(box)
+    files = {f"{DROP_IN_DIR}/20-later.toml": "interval = 4\n",
+             f"{DROP_IN_DIR}/10-first.toml": "interval = 3\nhistory_size = 500\n"}  # fmt: skip
+    try:
+        for path, text in files.items():
+            box.write_file(path, text)
+        systemctl(box, "reload")
+        status = ctl(box, "status")
+        assert (status["interval_s"], status["history_capacity"]) == (4.0, 500)
+        box.write_file(f"{DROP_IN_DIR}/30-broken.toml", "\ninterval = 0\n")
+        refused = box.run("systemctl", "reload", UNIT, check=False, timeout=60)
+        assert refused.returncode != 0
+        entry = wait_for_entry(box, f"MESSAGE_ID={MESSAGE_ID_RELOAD_REFUSED}", "--since=-10s")
+        assert f"{DROP_IN_DIR}/30-broken.toml:2" in entry["MESSAGE"]
+        assert ctl(box, "status")["interval_s"] == 4.0
+    finally:
+        box.run("rm", "-f", *files, f"{DROP_IN_DIR}/30-broken.toml")
+        box.run("systemctl", "reload", UNIT, check=False, timeout=60)
+
+
+def test_the_metrics_textfile_and_portwatchctl_metrics_parse_as_prometheus_text(
+    box: Sandbox,
+) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    ensure_running(box)
+    textfile = "/var/lib/portwatchd/portwatchd.prom"  # the unit may write its state dir
+    with (
+        config_file(box, f'metrics_textfile = "{textfile}"\n'),
+        listening(box, "tcp:0.0.0.0:18700"),
+    ):
+        systemctl(box, "reload")
+
+        def parsed() -> dict[str, Any] | None:
+            try:
+                text = box.read_file(textfile)
+            except FileNotFoundError:
+                return None
+            return {family.name: family for family in parser.text_string_to_metric_families(text)}
+
+        families = wait_for(parsed, "the metrics textfile")
+        assert {
+            "portwatchd_ports_watched",
+            "portwatchd_events",
+            "portwatchd_last_event_seq",
+        } <= set(families), sorted(families)
+        served = box.run("portwatchctl", "metrics").stdout
+        names = {family.name for family in parser.text_string_to_metric_families(served)}
+        assert names == set(families)
+        mode = box.run("stat", "-c", "%a %U", textfile).stdout.split()
+        assert mode == ["644", "portwatchd"]
