@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SEQ_BLOCK", "EventLog", "StoreError"]
 
+AGE_CHECK_EVERY = timedelta(seconds=60)
 SEQ_BLOCK = 1000  # seqs reserved per store write that runs out of them
 MAX_UNSTORED = 100_000  # events kept in memory while the store fails
 
@@ -146,6 +147,7 @@ class EventLog(_ReadSide):
         self._stored_count = 0
         self._stored_oldest: int | None = None
         self._saved_sockets: list[tuple[Endpoint, Owner]] = []
+        self._age_checked: datetime | None = None  # the last prune by age
         self.warnings: list[str] = []
         self.store_error: str | None = None
         self.is_new = True
@@ -292,9 +294,15 @@ class EventLog(_ReadSide):
         """Delete at most `max_rows` events past the retention; True when more is due."""
         before = None
         if self.history_max_age_s is not None:
-            before = rfc3339(now - timedelta(seconds=self.history_max_age_s))
+            # By age at most once a minute: a daemon idle for a day must not
+            # write (and fsync) the store every second to find nothing old.
+            if self._age_checked is None or now - self._age_checked >= AGE_CHECK_EVERY:
+                before = rfc3339(now - timedelta(seconds=self.history_max_age_s))
+                self._age_checked = now
         if not self._loaded or self.store_error is not None:
             return False
+        if before is None and self._stored_count <= self.history_size:
+            return False  # nothing past the retention: no transaction at all
         try:
             # An event the journal does not have yet stays, whatever the
             # retention: pruning it would lose it for good.
@@ -304,6 +312,8 @@ class EventLog(_ReadSide):
             return False
         self._stored_count = result.count
         self._stored_oldest = result.oldest_seq
+        if result.more:
+            self._age_checked = None  # more to delete: the next step goes on at once
         return result.more
 
     def close(self) -> None:

@@ -98,8 +98,6 @@ class ServerThread(control_harness.ServerThread):
         return self.handlers.followers
 
 
-
-
 @pytest.fixture
 def backend() -> MemoryBackend:
     return MemoryBackend()

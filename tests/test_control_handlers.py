@@ -75,8 +75,6 @@ class Served:
         return events
 
 
-
-
 @pytest.fixture
 def history() -> HistoryDouble:
     return HistoryDouble()

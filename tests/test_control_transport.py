@@ -90,8 +90,6 @@ def _broken(first: bytes) -> Iterator[bytes]:
     raise RuntimeError("slice failed")
 
 
-
-
 @pytest.fixture
 def stub() -> Stub:
     return Stub()

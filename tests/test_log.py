@@ -314,3 +314,15 @@ def test_page_and_newest_start_agree_with_a_plain_filter(
         assert log.page(event_query, after_seq, limit) == after[:limit]
         assert newest(log, event_query, limit) == seqs(expected[max(0, len(expected) - limit) :])
         log.close()
+
+
+def test_an_idle_prune_writes_nothing(tmp_path: Path) -> None:
+    """Pruning runs every second: with nothing past the retention it must
+    not commit (each commit is an fsync)."""
+    log = filled(tmp_path, 10, history_size=100, history_max_age_s=3600)
+    log.prune_step(START)  # the age check of this minute
+    wal = tmp_path / "events.db-wal"
+    before = (wal.stat().st_size, wal.stat().st_mtime_ns)
+    for seconds in range(1, 30):
+        assert log.prune_step(START + timedelta(seconds=seconds)) is False
+    assert (wal.stat().st_size, wal.stat().st_mtime_ns) == before
