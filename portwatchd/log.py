@@ -293,12 +293,12 @@ class EventLog(_ReadSide):
     def prune_step(self, now: datetime, max_rows: int = 1000) -> bool:
         """Delete at most `max_rows` events past the retention; True when more is due."""
         before = None
-        if self.history_max_age_s is not None:
-            # By age at most once a minute: a daemon idle for a day must not
-            # write (and fsync) the store every second to find nothing old.
-            if self._age_checked is None or now - self._age_checked >= AGE_CHECK_EVERY:
-                before = rfc3339(now - timedelta(seconds=self.history_max_age_s))
-                self._age_checked = now
+        # By age at most once a minute: a daemon idle for a day must not
+        # write (and fsync) the store every second to find nothing old.
+        age_due = self._age_checked is None or now - self._age_checked >= AGE_CHECK_EVERY
+        if self.history_max_age_s is not None and age_due:
+            before = rfc3339(now - timedelta(seconds=self.history_max_age_s))
+            self._age_checked = now
         if not self._loaded or self.store_error is not None:
             return False
         if before is None and self._stored_count <= self.history_size:
