@@ -210,7 +210,9 @@ def loss_line(loss: dict[str, Any], local: bool = False) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """>>> duration_text(3723)
+    """A number of seconds for people.
+
+    >>> duration_text(3723)
     '1h 2min 3s'
     """
     seconds = int(seconds)
