@@ -65,6 +65,8 @@ def text_or_dash(value: object) -> str:
 
 
 def address_text(record: dict[str, Any]) -> str:
+    """The ADDRESS cell: the key's host ("fe80::1%eth0", "127.0.0.53%lo"), without
+    the brackets that in the key only set the port apart (it has its own column)."""
     address = str(record.get("address", "?"))
     interface = record.get("interface")
     return f"{address}%{interface}" if interface else address
@@ -128,8 +130,12 @@ class TableWriter:
 
 
 def event_row(event: dict[str, Any], local: bool = False) -> list[str]:
+    """One row of the `events` table, every cell escaped (model.escape_text)."""
+    # Imported here, not at start-up: `status` never needs it.
+    from portwatchd.model import escape_text
+
     owner = event.get("owner") or {}
-    return [
+    row = [
         text_or_dash(event.get("seq")),
         format_time(event.get("time"), local),
         text_or_dash(event.get("type")),
@@ -140,6 +146,7 @@ def event_row(event: dict[str, Any], local: bool = False) -> list[str]:
         text_or_dash(owner.get("comm")),
         text_or_dash(owner.get("unit")),
     ]
+    return [escape_text(cell) for cell in row]
 
 
 def port_record(endpoint: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
@@ -155,18 +162,25 @@ def _port_sort_key(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def print_ports(records: list[dict[str, Any]], as_json: bool, out: TextIO, legend: bool) -> None:
+    """The `ports` and `scan` table, or their JSON; in the table every cell is
+    escaped (model.escape_text), so that a name cannot start a row of its own."""
     records = sorted(records, key=_port_sort_key)
     if as_json:
         out.write(json.dumps(records, indent=None) + "\n")
         return
+    from portwatchd.model import escape_text
+
     rows = [
         [
-            text_or_dash(r["proto"]),
-            address_text(r),
-            text_or_dash(r["port"]),
-            text_or_dash(r["pid"]),
-            text_or_dash(r["comm"]),
-            text_or_dash(r["unit"]),
+            escape_text(cell)
+            for cell in (
+                text_or_dash(r["proto"]),
+                address_text(r),
+                text_or_dash(r["port"]),
+                text_or_dash(r["pid"]),
+                text_or_dash(r["comm"]),
+                text_or_dash(r["unit"]),
+            )
         ]
         for r in records
     ]
@@ -196,7 +210,9 @@ def loss_line(loss: dict[str, Any], local: bool = False) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """>>> duration_text(3723)
+    """A number of seconds for people.
+
+    >>> duration_text(3723)
     '1h 2min 3s'
     """
     seconds = int(seconds)

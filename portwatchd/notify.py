@@ -10,17 +10,21 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
+from portwatchd.model import escape_text
+
 Send = Callable[[str], None]
 
 
 def ascii_status(text: str) -> str:
-    """A STATUS= value systemd will keep.
+    """A STATUS= value systemd will keep, in the one escaping rule of text.
 
     sdnotify encodes latin-1, and systemd drops a status that is not clean
-    UTF-8; plain ASCII is the subset both agree on. Newlines would end the
-    assignment early.
+    UTF-8; plain ASCII is the subset both agree on. Control characters and
+    bytes that were not UTF-8 are escaped as in every text output
+    (model.escape_text): a newline would end the assignment early. Other
+    characters outside ASCII become \\uXXXX escapes.
     """
-    clean = text.replace("\n", " ").encode("ascii", "replace").decode("ascii")
+    clean = escape_text(text).encode("ascii", "backslashreplace").decode("ascii")
     return clean[:200]
 
 

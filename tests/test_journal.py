@@ -48,7 +48,7 @@ def test_opened_event_has_every_field_journalctl_filters_on() -> None:
     ep = Endpoint("tcp", "ipv4", "0.0.0.0", 8080, inode=4242, uid=0)
     fields = event_fields(make_event(ep, NGINX))
     assert fields == {
-        "MESSAGE": "Port opened: tcp 0.0.0.0:8080 by nginx[1234] (nginx.service)",
+        "MESSAGE": "Port opened: tcp:0.0.0.0:8080 by nginx[1234] (nginx.service)",
         "MESSAGE_ID": MESSAGE_ID_OPENED,
         "PRIORITY": "5",
         "SYSLOG_IDENTIFIER": "portwatchd",
@@ -88,7 +88,7 @@ def test_closed_ipv6_bound_to_device_and_detected_at_startup() -> None:
     assert fields["PORT_DETECTED"] == "startup"
     assert fields["PORT_DOWN_SINCE"] == "2026-11-25T10:00:00.000000Z"
     assert fields["MESSAGE"] == (
-        "Port closed while portwatchd was not running: udp [fe80::1]%eth0:546 by unknown process"
+        "Port closed while portwatchd was not running: udp:[fe80::1%eth0]:546 by unknown process"
     )
 
 
@@ -126,7 +126,7 @@ def test_stderr_text_line_is_one_line_per_event() -> None:
     StderrSink(out).event(make_event(ep, NGINX))
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
-    assert "Port opened: tcp 0.0.0.0:80 by nginx[1234]" in lines[0]
+    assert "Port opened: tcp:0.0.0.0:80 by nginx[1234]" in lines[0]
     assert "seq=7" in lines[0]
 
 

@@ -31,7 +31,7 @@ def test_watchdog_pid_matching_us_enables_it() -> None:
 
 
 def test_status_is_ascii_single_line() -> None:
-    assert ascii_status("watching 3 ports\nnext → line") == "watching 3 ports next ? line"
+    assert ascii_status("watching 3 ports\nnext → line") == "watching 3 ports\\nnext \\u2192 line"
 
 
 def test_notifier_speaks_sd_notify_on_a_real_socket(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
 
-from portwatchd.model import Event, Loss
+from portwatchd.model import Event, Loss, escape_text
 
 # Fixed forever: journalctl MESSAGE_ID= filters and the message catalog
 # (packaging/portwatchd.catalog) key on them.
@@ -41,21 +41,26 @@ _PRIORITY_NAMES = {
 
 
 def event_message(event: Event) -> str:
-    """The MESSAGE a person reads.
+    """The MESSAGE a person reads, the endpoint named by its key (the PORT field):
 
-    "Port opened: tcp 0.0.0.0:8080 by nginx[1234] (nginx.service)"
+    "Port opened: tcp:0.0.0.0:8080 by nginx[1234] (nginx.service)"
+    "Port closed: tcp:[fe80::1%eth0]:22 by sshd[612] (ssh.service)"
+
+    One line always: names a process or another user controls (interface,
+    comm, unit) are escaped (model.escape_text). The fields beside it keep
+    the raw values.
     """
-    ep = event.endpoint
-    host = f"[{ep.address}]" if ep.family == "ipv6" else ep.address
-    if ep.interface:
-        host += f"%{ep.interface}"
     when = " while portwatchd was not running" if event.detected == "startup" else ""
-    return f"Port {event.type}{when}: {ep.proto} {host}:{ep.port} by {event.owner.describe()}"
+    return f"Port {event.type}{when}: {escape_text(event.key)} by {event.owner.describe()}"
 
 
 def event_fields(event: Event) -> dict[str, str]:
     """Journal fields for one event. Owner fields appear only when known:
-    an absent PORT_PID means "could not be seen", never a guess."""
+    an absent PORT_PID means "could not be seen", never a guess.
+
+    Only MESSAGE is text for people; every other field carries the value as
+    it was seen (journald fields are binary-safe; encode_entry writes a
+    name that was not UTF-8 as its bytes)."""
     ep = event.endpoint
     owner = event.owner
     fields = {
