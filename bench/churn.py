@@ -81,7 +81,7 @@ class EventReader:
         except OSError:  # the pipe was closed under us: the daemon is gone
             return b""
 
-    def wait(self, kind: str, key: str, timeout: float = 10.0) -> float:
+    def wait(self, kind: str, key: str, timeout: float = 30.0) -> float:
         """When this event's line was read (consumed, so a key can be reused)."""
         with self._changed:
             if not self._changed.wait_for(lambda: (kind, key) in self._seen, timeout):
@@ -89,8 +89,9 @@ class EventReader:
             return self._seen.pop((kind, key))
 
 
-def _listener_key(sock: socket.socket) -> str:
-    return f"tcp:127.0.0.1:{sock.getsockname()[1]}"
+# Our closes use an address that neither the stable listeners nor the churn
+# (127.0.0.1 and ::1) bind, so no event of theirs can be taken for ours.
+PROBE_ADDRESS = "127.0.0.2"
 
 
 def close_latencies(reader: EventReader, trials: int) -> list[float]:
@@ -98,9 +99,9 @@ def close_latencies(reader: EventReader, trials: int) -> list[float]:
     latencies = []
     for _ in range(trials):
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((PROBE_ADDRESS, 0))
         sock.listen()
-        key = _listener_key(sock)
+        key = f"tcp:{PROBE_ADDRESS}:{sock.getsockname()[1]}"
         reader.wait("opened", key)
         time.sleep(random.uniform(0, INTERVAL_S))  # a random phase of the interval
         closed_at = time.monotonic()
