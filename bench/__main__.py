@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.churn import SECTION as CHURN_SECTION
 from bench.client import SECTION as CLIENT_SECTION
 from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
@@ -34,6 +35,7 @@ SECTIONS: dict[str, Section] = {
 }
 SECTIONS[CLIENT_SECTION.name] = CLIENT_SECTION
 SECTIONS[DAEMON_STORE_SECTION.name] = DAEMON_STORE_SECTION
+SECTIONS[CHURN_SECTION.name] = CHURN_SECTION
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1
