@@ -136,6 +136,9 @@ class Engine:
         self._owners: dict[int, Owner] = {}
         self._last_endpoints: list[Endpoint] | None = None
         self._waiting: _Pass | None = None
+        # Sockets a step's looks all missed, kept until the next step misses
+        # them too (scanners whose re-reads are not independent looks).
+        self._suspects: set[int] = set()
         self._waiting_since: float | None = None
         # The saved snapshot stands until the first scan replaces it.
         for endpoint, owner in log.sockets():
@@ -186,6 +189,7 @@ class Engine:
         """
         seen = {endpoint.inode for endpoint in endpoints}
         if all(inode in seen for inode in self._sockets):
+            self._suspects.clear()
             return endpoints
         try:
             again = self.scanner.scan()
@@ -193,7 +197,16 @@ class Engine:
             self._scan_failed(str(err))
             return None
         self.stats.confirmations_total += 1
-        return endpoints + [endpoint for endpoint in again if endpoint.inode not in seen]
+        confirmed = endpoints + [endpoint for endpoint in again if endpoint.inode not in seen]
+        if self.scanner.rereads_independent:
+            return confirmed
+        # Where a re-read is no independent look, a socket must also be
+        # missed by the next step's looks; until then it stays.
+        seen.update(endpoint.inode for endpoint in again)
+        missing = {inode for inode in self._sockets if inode not in seen}
+        kept = missing - self._suspects
+        self._suspects = kept
+        return confirmed + [self._sockets[inode] for inode in sorted(kept)]
 
     @property
     def waiting_since(self) -> float | None:
@@ -332,6 +345,7 @@ class Engine:
         self.scanner.close()
         self.scanner = scanner
         self._last_endpoints = None
+        self._suspects.clear()
 
     def close(self) -> None:
         self._lookup.close()

@@ -21,20 +21,7 @@ BACKENDS = churn.BACKENDS
 CHURN_SECONDS = 20.0
 
 
-# The /proc backend still reports phantoms: /proc/net/udp is read a page
-# per read(), and the kernel resumes each page by counting sockets from the
-# table's start, so a churn socket removed (or added) before the cut makes
-# the read skip (or repeat) one; the confirmation, an immediate second read,
-# often cuts at the same socket again (bench churn: 54 events in 300 s, all
-# UDP). Not strict: a 20 s run is sometimes lucky. Remove the mark once fixed.
-PROC_PHANTOMS = pytest.mark.xfail(
-    reason="issue 10: the proc backend's second read repeats the first's miss", strict=False
-)
-
-
-@pytest.mark.parametrize(
-    "backend", [b if b != "proc" else pytest.param(b, marks=PROC_PHANTOMS) for b in BACKENDS]
-)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_event_on_untouched_listeners_under_churn(netns: None, backend: str) -> None:
     stable = churn_load.StableListeners(churn.STABLE_TCP, churn.STABLE_UDP)
     try:

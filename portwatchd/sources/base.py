@@ -74,6 +74,10 @@ class Scanner(Protocol):
     """A source of the current listening sockets."""
 
     name: str  # "netlink" | "proc"
+    # Whether a second scan right after a first is an independent look: a
+    # socket both miss is gone. False where a re-read tends to miss the
+    # very same socket again (see ProcScanner).
+    rereads_independent: bool
 
     def scan(self) -> list[Endpoint]:
         """Every listening TCP socket and bound, unconnected UDP socket; raises ScanError."""

@@ -120,6 +120,11 @@ class ProcScanner:
     """Scans by reading {root}/net/{tcp,tcp6,udp,udp6}."""
 
     name = "proc"
+    # /proc/net/udp is read a page per read(), and each page starts by
+    # counting sockets from the table's start (udp_seq_start ->
+    # udp_get_idx): a churn socket removed before the cut shifts a stable
+    # one past it, and a re-read right away often cuts at the same socket.
+    rereads_independent = False
 
     # /proc/self/net, not /proc/net: the same table (our network namespace),
     # and still visible where systemd's ProcSubset=pid hides /proc/net.
