@@ -306,12 +306,10 @@ def run_with_config_error(
 
 def _reload_outcome(error: str | None) -> dict[str, Any]:
     """A reload's outcome, in the form the running daemon records it."""
-    from datetime import UTC, datetime
-
-    from portwatchd.model import rfc3339
+    from portwatchd.model import rfc3339, utc_now
 
     return {
-        "time": rfc3339(datetime.now(UTC)),
+        "time": rfc3339(utc_now()),
         "ok": error is None,
         "outcome": "ok" if error is None else "refused",
         "error": error,

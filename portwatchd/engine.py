@@ -15,23 +15,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from portwatchd.classify import IsIgnored, classify
 from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
 from portwatchd.log import EventLog
 from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
-from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, EventDraft, Owner, rfc3339
+from portwatchd.model import (
+    UNKNOWN_OWNER,
+    Detection,
+    Endpoint,
+    EventDraft,
+    Owner,
+    rfc3339,
+    utc_now,
+)
 from portwatchd.sources.base import ScanError, Scanner
 
 # syslog(3) priorities of what the engine says.
 SAY_ERR = 3
 SAY_INFO = 6
 Say = Callable[[int, str], None]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def counted(count: int, noun: str) -> str:

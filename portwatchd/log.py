@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from portwatchd.logstore import EventFilter, EventStore, StoredState, StoreError, Unstored
-from portwatchd.model import Endpoint, Event, EventDraft, Loss, Owner, rfc3339
+from portwatchd.model import Endpoint, Event, EventDraft, Loss, Owner, rfc3339, utc_now
 
 if TYPE_CHECKING:
     from portwatchd.protocol import EventQuery
@@ -42,10 +42,6 @@ MAX_UNSTORED = 100_000  # events kept in memory while the store fails
 
 Subscriber = Callable[[Sequence[Event | Loss]], None]
 T = TypeVar("T")
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _ReadSide:
@@ -128,7 +124,7 @@ class EventLog(_ReadSide):
         history_max_age_s: float | None,
         make_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         journal_last_seq: Callable[[], int | None] = lambda: None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         max_unstored: int = MAX_UNSTORED,
     ) -> None:
         if history_size < 1:

@@ -24,6 +24,11 @@ FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 EVENT_TYPES: tuple[EventType, ...] = ("opened", "closed")
 
 
+def utc_now() -> datetime:
+    """The wall clock, aware and in UTC: the default of every injected clock."""
+    return datetime.now(UTC)
+
+
 def rfc3339(moment: datetime) -> str:
     """The one time format of events and logs: UTC, RFC 3339 with microseconds.
 

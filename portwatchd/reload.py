@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portwatchd.config import Config, ConfigError
 from portwatchd.config_change import diff_config
-from portwatchd.model import rfc3339
+from portwatchd.model import rfc3339, utc_now
 from portwatchd.outputs.journal import MESSAGE_ID_RELOAD_REFUSED, PRIORITY_ERR, PRIORITY_INFO
 from portwatchd.sources.base import ScanError, Scanner
 
@@ -43,7 +43,7 @@ class Reloader:
         open_control: Callable[[Config, Any], Control],
         control_inherited: bool,
         state_dir: str,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wall_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._read_config = read_config
         self._open_scanner = open_scanner

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 from portwatchd import __version__
 from portwatchd.config import Config
 from portwatchd.engine import Engine
 from portwatchd.log import EventLog
-from portwatchd.model import Event, Loss, rfc3339
+from portwatchd.model import Event, Loss, rfc3339, utc_now
 from portwatchd.notify import Notifier, watchdog_interval
 from portwatchd.outputs.journal_writer import JournalWriter
 from portwatchd.outputs.metrics import MetricsError, TextfileWriter, render_metrics
 from portwatchd.reactor import Reactor
-from portwatchd.reload import Reloader
+from portwatchd.reload import Control, Reloader
 from portwatchd.status import EventRate, status_line, status_report
 
 # The daemon's exit statuses that the loop itself can end with.
@@ -43,12 +43,6 @@ JOURNAL_FLUSH_AT_STOP_S = 2.0
 METRICS_EVERY_S = 15.0
 
 
-class Control(Protocol):
-    def start(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class Runner:
     def __init__(
         self,
@@ -61,7 +55,7 @@ class Runner:
         notifier: Notifier,
         reactor: Reactor,
         monotonic: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wall_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.config = config
         self.engine = engine

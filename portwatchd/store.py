@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from portwatchd import migrate, storefile
@@ -32,7 +32,7 @@ from portwatchd.logstore import (
     StoreError,
     normal_time,
 )
-from portwatchd.model import Endpoint, Event, Loss, Owner
+from portwatchd.model import Endpoint, Event, Loss, Owner, utc_now
 from portwatchd.state import STATE_FILE
 
 __all__ = ["DB_FILE", "Store", "StoreError"]
@@ -46,14 +46,10 @@ _EVENT_INSERT = (
 _META_SET = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Store:
     """events.db, opened lazily; only the loop thread uses it."""
 
-    def __init__(self, state_dir: str, now: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, state_dir: str, now: Callable[[], datetime] = utc_now) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, DB_FILE)
         self._now = now
@@ -64,7 +60,7 @@ class Store:
         self._time_reached = ""
 
     @classmethod
-    def open(cls, state_dir: str, *, now: Callable[[], datetime] = _utc_now) -> Store:
+    def open(cls, state_dir: str, *, now: Callable[[], datetime] = utc_now) -> Store:
         """The store of `state_dir`, opened now if it can be (else at first use)."""
         store = cls(state_dir, now)
         with contextlib.suppress(StoreError):
