@@ -14,8 +14,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,38 +26,18 @@ from portwatchd.notify import Notifier
 from portwatchd.outputs.journal import JournalSocket, StderrSink, event_fields, event_line
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.owners import OwnerResolver
+from tests.named_listener import listener_named
 from tests.test_journal import _decode_entry
 
 FORGING_COMM = "x\nPort closed: "  # 15 bytes: the most a comm holds
 SHOWN_COMM = "x\\nPort closed: "
 
-_RENAMED_SERVER = r"""
-import ctypes, socket, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(15, sys.argv[1].encode(), 0, 0, 0) != 0:  # PR_SET_NAME
-    sys.exit("prctl failed: errno %d" % ctypes.get_errno())
-server = socket.socket()
-server.bind(("127.0.0.1", 0))
-server.listen()
-print(server.getsockname()[1], flush=True)
-sys.stdin.read()
-"""
-
 
 @pytest.fixture
 def renamed_server(netns: None) -> Iterator[int]:
     """The port of a real listener whose process is named FORGING_COMM."""
-    server = subprocess.Popen(
-        [sys.executable, "-c", _RENAMED_SERVER, FORGING_COMM],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert server.stdout is not None and server.stdin is not None
-    try:
-        yield int(server.stdout.readline())
-    finally:
-        server.stdin.close()
-        server.wait(10)
+    with listener_named(FORGING_COMM.encode()) as port:
+        yield port
 
 
 def seen_event(port: int) -> Event:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from portwatchd.model import Endpoint, Owner, printable_name
 from portwatchd.outputs.metrics import render_metrics
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.owners import OwnerResolver
+from tests.named_listener import listener_named
 
 # The Debian package build runs these tests with Debian's python3, which has
 # the parser only with python3-prometheus-client installed.
@@ -286,32 +286,11 @@ def test_promtool_rejects_what_the_renderer_must_avoid() -> None:
     assert result.returncode != 0
 
 
-_HOSTILE_SERVER = r"""
-import socket, sys
-with open("/proc/self/comm", "wb") as comm:
-    comm.write(b'ev"il\n\\\xff\xfeport')
-server = socket.socket()
-server.bind(("127.0.0.1", 0))
-server.listen()
-print(server.getsockname()[1], flush=True)
-sys.stdin.read()
-"""
-
-
 @pytest.fixture
 def hostile_server(netns: None) -> Iterator[int]:
     """A real process named with a quote, a newline, a backslash and bytes not UTF-8."""
-    server = subprocess.Popen(
-        [sys.executable, "-c", _HOSTILE_SERVER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert server.stdout is not None and server.stdin is not None
-    try:
-        yield int(server.stdout.readline())
-    finally:
-        server.stdin.close()
-        server.wait(10)
+    with listener_named(b'ev"il\n\\\xff\xfeport') as port:
+        yield port
 
 
 def test_a_real_scan_of_a_process_with_a_hostile_name(hostile_server: int) -> None:
