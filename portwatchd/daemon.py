@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from portwatchd import __version__
 from portwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from portwatchd.model import PRIORITY_ERR, PRIORITY_WARNING
 
 if TYPE_CHECKING:
     from portwatchd.control.transport import ControlServer
@@ -156,15 +157,15 @@ def build_runner(
     log = open_log(config, reads_journal=isinstance(sink, JournalSink))
     writer = JournalWriter(sink, log, reactor)
     for warning in (*config.warnings, *log.warnings):
-        writer.say(4, warning)
+        writer.say(PRIORITY_WARNING, warning)
 
     def scanner_for(backend: str) -> Any:
-        return open_scanner(backend, log=lambda message: writer.say(4, message))
+        return open_scanner(backend, log=lambda message: writer.say(PRIORITY_WARNING, message))
 
     try:
         scanner = scanner_for(config.backend)
     except (ScanError, OSError) as err:
-        writer.say(3, f"cannot scan listening sockets: {err}")
+        writer.say(PRIORITY_ERR, f"cannot scan listening sockets: {err}")
         writer.close(2.0)
         log.close()
         return EXIT_FAILURE
@@ -229,7 +230,7 @@ def build_control(
         request_rescan=runner.request_rescan,
         reload=runner.request_reload,
         metrics=runner.metrics_text,
-        log=lambda message: runner.writer.say(4, f"control: {message}"),
+        log=lambda message: runner.writer.say(PRIORITY_WARNING, f"control: {message}"),
     )
     return ControlServer(
         handlers.answer,
@@ -240,7 +241,7 @@ def build_control(
         max_clients=config.socket.max_clients,
         idle_timeout=config.socket.idle_timeout,
         inherited=inherited,
-        log=lambda message: runner.writer.say(4, f"control: {message}"),
+        log=lambda message: runner.writer.say(PRIORITY_WARNING, f"control: {message}"),
     )
 
 

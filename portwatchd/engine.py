@@ -22,6 +22,8 @@ from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
 from portwatchd.log import EventLog
 from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
 from portwatchd.model import (
+    PRIORITY_ERR,
+    PRIORITY_INFO,
     UNKNOWN_OWNER,
     Detection,
     Endpoint,
@@ -32,9 +34,6 @@ from portwatchd.model import (
 )
 from portwatchd.sources.base import ScanError, Scanner
 
-# syslog(3) priorities of what the engine says.
-SAY_ERR = 3
-SAY_INFO = 6
 Say = Callable[[int, str], None]
 
 
@@ -166,7 +165,7 @@ class Engine:
             self._scan_failed(str(err))
             return True
         if self.stats.scan_error is not None:
-            self._say(SAY_INFO, f"scanning works again after: {self.stats.scan_error}")
+            self._say(PRIORITY_INFO, f"scanning works again after: {self.stats.scan_error}")
             self.stats.scan_error = None
         self.stats.scans_total += 1
         # The netlink scanner hands back the very same Endpoint objects for
@@ -260,7 +259,7 @@ class Engine:
         if pass_ is None:
             return
         if result.error:
-            self._say(SAY_ERR, result.error)
+            self._say(PRIORITY_ERR, result.error)
         owners = {inode: self._owners.get(inode, UNKNOWN_OWNER) for inode in pass_.gone}
         owners.update(result.owners)
         drafts = classify(
@@ -326,19 +325,19 @@ class Engine:
     def _scan_failed(self, message: str) -> None:
         self.stats.scan_errors_total += 1
         if message != self.stats.scan_error:
-            self._say(SAY_ERR, f"scan failed, keeping the last snapshot: {message}")
+            self._say(PRIORITY_ERR, f"scan failed, keeping the last snapshot: {message}")
         self.stats.scan_error = message
 
     def _report_start(self, changes: int, *, baseline: bool) -> None:
         if baseline:
             self._say(
-                SAY_INFO,
+                PRIORITY_INFO,
                 f"baseline: watching {counted(len(self._snapshot), 'listening port')}; "
                 "changes from now on are reported",
             )
         elif changes:
             self._say(
-                SAY_INFO,
+                PRIORITY_INFO,
                 f"{counted(changes, 'change')} happened while portwatchd was not running "
                 f"(since {self._log.last_alive})",
             )

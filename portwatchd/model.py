@@ -19,6 +19,12 @@ EventType = Literal["opened", "closed"]
 # found by diffing the first scan against the snapshot persisted at shutdown.
 Detection = Literal["scan", "startup"]
 
+# syslog(3) priorities, as the journal's PRIORITY= and sd-daemon(3) "<N>" take them.
+PRIORITY_ERR = 3
+PRIORITY_WARNING = 4
+PRIORITY_NOTICE = 5
+PRIORITY_INFO = 6
+
 PROTOS: tuple[Proto, ...] = ("tcp", "udp")
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 EVENT_TYPES: tuple[EventType, ...] = ("opened", "closed")

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from portwatchd.config import Config, ConfigError
 from portwatchd.config_change import diff_config
-from portwatchd.model import rfc3339, utc_now
-from portwatchd.outputs.journal import MESSAGE_ID_RELOAD_REFUSED, PRIORITY_ERR, PRIORITY_INFO
+from portwatchd.model import PRIORITY_ERR, PRIORITY_INFO, PRIORITY_WARNING, rfc3339, utc_now
+from portwatchd.outputs.journal import MESSAGE_ID_RELOAD_REFUSED
 from portwatchd.sources.base import ScanError, Scanner
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Reloader:
             )
             return self._record(moment, "refused", str(err), [])
         for warning in new.warnings:
-            runner.writer.say(4, warning)
+            runner.writer.say(PRIORITY_WARNING, warning)
         change = diff_config(runner.config, new)
         applied = runner.config
         not_applied: list[str] = []

@@ -22,7 +22,15 @@ from portwatchd import __version__
 from portwatchd.config import Config
 from portwatchd.engine import Engine
 from portwatchd.log import EventLog
-from portwatchd.model import Event, Loss, rfc3339, utc_now
+from portwatchd.model import (
+    PRIORITY_ERR,
+    PRIORITY_INFO,
+    PRIORITY_WARNING,
+    Event,
+    Loss,
+    rfc3339,
+    utc_now,
+)
 from portwatchd.notify import Notifier, watchdog_interval
 from portwatchd.outputs.journal_writer import JournalWriter
 from portwatchd.outputs.metrics import MetricsError, TextfileWriter, render_metrics
@@ -120,13 +128,13 @@ class Runner:
         try:
             control.start()
         except OSError as err:
-            self.writer.say(3, f"cannot listen on {self.config.socket.path}: {err}")
+            self.writer.say(PRIORITY_ERR, f"cannot listen on {self.config.socket.path}: {err}")
             self._shutdown()
             return EXIT_FAILURE
         self.reloader.control = control
         self.notifier.ready(self.status_line())
         self.writer.say(
-            6,
+            PRIORITY_INFO,
             f"portwatchd {__version__} ready: {self.status_line()}; "
             f"control socket {self.config.socket.path}",
         )
@@ -228,7 +236,7 @@ class Runner:
             self._metrics_file.write(self.metrics_text())
         except MetricsError as err:
             if str(err) != self._metrics_error_said:
-                self.writer.say(4, str(err))
+                self.writer.say(PRIORITY_WARNING, str(err))
             self._metrics_error_said = str(err)
         else:
             self._metrics_error_said = None
@@ -240,10 +248,10 @@ class Runner:
         if error == self._store_error_said:
             return
         if error is None:
-            self.writer.say(6, "the event store works again; held events are stored")
+            self.writer.say(PRIORITY_INFO, "the event store works again; held events are stored")
         elif self._store_error_said is None:
             self.writer.say(
-                3,
+                PRIORITY_ERR,
                 f"the event store fails, events are kept in memory and still journaled: {error}",
             )
         self._store_error_said = error
@@ -279,7 +287,7 @@ class Runner:
         journal as far as it takes it, close the store, release the rest."""
         self.notifier.stopping("stopping")
         self.reloader.control.close()
-        self.writer.say(6, "stopped")
+        self.writer.say(PRIORITY_INFO, "stopped")
         self.writer.close(JOURNAL_FLUSH_AT_STOP_S)
         self.engine.close()
         self.log.close()

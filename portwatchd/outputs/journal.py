@@ -14,7 +14,15 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
 
-from portwatchd.model import Event, Loss, escape_text
+from portwatchd.model import (
+    PRIORITY_ERR,
+    PRIORITY_INFO,
+    PRIORITY_NOTICE,
+    PRIORITY_WARNING,
+    Event,
+    Loss,
+    escape_text,
+)
 
 # Fixed forever: journalctl MESSAGE_ID= filters and the message catalog
 # (packaging/portwatchd.catalog) key on them.
@@ -26,11 +34,6 @@ MESSAGE_ID_LOSS = "35875db9cb63408f874ac504e126d16d"
 SYSLOG_IDENTIFIER = "portwatchd"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
-# syslog(3) priorities.
-PRIORITY_ERR = 3
-PRIORITY_WARNING = 4
-PRIORITY_NOTICE = 5
-PRIORITY_INFO = 6
 
 _PRIORITY_NAMES = {
     PRIORITY_ERR: "error",

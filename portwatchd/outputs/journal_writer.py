@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from portwatchd.log import EventLog
-from portwatchd.model import Event, Loss
-from portwatchd.outputs.journal import PRIORITY_INFO, PRIORITY_WARNING, Sink
+from portwatchd.model import PRIORITY_INFO, PRIORITY_WARNING, Event, Loss
+from portwatchd.outputs.journal import Sink
 from portwatchd.protocol import EventQuery
 from portwatchd.reactor import Reactor
 
