@@ -239,18 +239,7 @@ class EventLog(_ReadSide):
         events = []
         for draft in drafts:
             self.last_seq += 1
-            events.append(
-                Event(
-                    seq=self.last_seq,
-                    id=self._make_id(),
-                    type=draft.type,
-                    time=draft.time,
-                    endpoint=draft.endpoint,
-                    owner=draft.owner,
-                    detected=draft.detected,
-                    down_since=draft.down_since,
-                )
-            )
+            events.append(draft.minted(self.last_seq, self._make_id()))
         self._unstored.change_sockets(added, removed)
         self._unstored.events.extend(events)
         self._flush(retry=False)

@@ -13,11 +13,16 @@ from typing import Any, Literal
 
 Proto = Literal["tcp", "udp"]
 Family = Literal["ipv4", "ipv6"]
-EventType = Literal["opened", "closed"]
+# "restarted": a key opened again soon after it closed, by the same program
+# or unit; "owner_changed": the same socket, other holders or programs;
+# "transient": a listener that opened and closed between two looks.
+EventType = Literal["opened", "closed", "restarted", "owner_changed", "transient"]
 # "scan": seen change between two scans of a running daemon.
 # "startup": the change happened while the daemon was not running; it was
 # found by diffing the first scan against the snapshot persisted at shutdown.
-Detection = Literal["scan", "startup"]
+# "destroy": the kernel's sock_diag destroy message for the socket.
+# "exec": a look a new process's exec triggered.
+Detection = Literal["scan", "startup", "destroy", "exec"]
 
 # syslog(3) priorities, as the journal's PRIORITY= and sd-daemon(3) "<N>" take them.
 PRIORITY_ERR = 3
@@ -27,7 +32,8 @@ PRIORITY_INFO = 6
 
 PROTOS: tuple[Proto, ...] = ("tcp", "udp")
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
-EVENT_TYPES: tuple[EventType, ...] = ("opened", "closed")
+EVENT_TYPES: tuple[EventType, ...] = ("opened", "closed", "restarted", "owner_changed", "transient")
+DETECTIONS: tuple[Detection, ...] = ("scan", "startup", "destroy", "exec")
 
 
 def utc_now() -> datetime:
@@ -102,7 +108,9 @@ def escape_text(text: str) -> str:
     return _UNSAFE_IN_TEXT.sub(_escape_char, text)
 
 
-def endpoint_key(proto: str, address: str, port: int, interface: str = "") -> str:
+def endpoint_key(
+    proto: str, address: str, port: int, interface: str = "", netns: int = 0
+) -> str:
     """The one canonical name of a listening endpoint.
 
     It keeps the original monitor's "proto:address:port" shape; IPv6 goes in
@@ -117,10 +125,19 @@ def endpoint_key(proto: str, address: str, port: int, interface: str = "") -> st
     'udp:127.0.0.53%lo:53'
     >>> endpoint_key("tcp", "fe80::1", 22, "eth0")
     'tcp:[fe80::1%eth0]:22'
+
+    A socket in another network namespace than the host's (a container)
+    has the namespace's inode in front, so that the same address and port
+    in two namespaces are two keys; the host's keys keep the short form:
+
+    >>> endpoint_key("tcp", "0.0.0.0", 80, netns=4026532281)
+    'net:4026532281/tcp:0.0.0.0:80'
     """
     host = f"{address}%{interface}" if interface else address
     if ":" in address:
         host = f"[{host}]"
+    if netns:
+        return f"net:{netns}/{proto}:{host}:{port}"
     return f"{proto}:{host}:{port}"
 
 
@@ -136,10 +153,15 @@ class Endpoint:
     v6only: bool | None = None  # None where the source cannot tell (/proc)
     inode: int = 0
     uid: int = -1
+    # The network namespace's inode; 0 for the host's (portwatchd's own).
+    netns: int = 0
+    # sock_diag's cookie, which names the socket in destroy messages; 0
+    # where the source cannot tell (/proc).
+    cookie: int = 0
 
     @property
     def key(self) -> str:
-        return endpoint_key(self.proto, self.address, self.port, self.interface)
+        return endpoint_key(self.proto, self.address, self.port, self.interface, self.netns)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +174,8 @@ class Endpoint:
             "v6only": self.v6only,
             "inode": self.inode,
             "uid": self.uid,
+            "netns": self.netns,
+            "cookie": self.cookie,
         }
 
     @classmethod
@@ -165,6 +189,8 @@ class Endpoint:
             v6only=data.get("v6only"),
             inode=int(data.get("inode", 0)),
             uid=int(data.get("uid", -1)),
+            netns=int(data.get("netns", 0)),
+            cookie=int(data.get("cookie", 0)),
         )
 
 
@@ -250,6 +276,12 @@ class Event:
     detected: Detection = "scan"
     # For startup detections: the window in which the change happened.
     down_since: str | None = None
+    # restarted: the owner before the close; owner_changed: the old owner.
+    previous_owner: Owner | None = None
+    # restarted: seconds between the close and the reopening, as seen.
+    down_seconds: float | None = None
+    # transient: the listener lived at most this long (seconds since the look before).
+    lifetime_max_seconds: float | None = None
 
     @property
     def key(self) -> str:
@@ -266,6 +298,12 @@ class Event:
         }
         data.update(self.endpoint.to_dict())
         data["owner"] = self.owner.to_dict()
+        if self.previous_owner is not None:
+            data["previous_owner"] = self.previous_owner.to_dict()
+        if self.down_seconds is not None:
+            data["down_seconds"] = self.down_seconds
+        if self.lifetime_max_seconds is not None:
+            data["lifetime_max_seconds"] = self.lifetime_max_seconds
         return data
 
     @classmethod
@@ -279,6 +317,11 @@ class Event:
             owner=Owner.from_dict(data.get("owner") or {}),
             detected=data.get("detected", "scan"),
             down_since=data.get("down_since"),
+            previous_owner=(
+                Owner.from_dict(data["previous_owner"]) if data.get("previous_owner") else None
+            ),
+            down_seconds=data.get("down_seconds"),
+            lifetime_max_seconds=data.get("lifetime_max_seconds"),
         )
 
 
@@ -292,6 +335,25 @@ class EventDraft:
     time: str  # rfc3339()
     detected: Detection = "scan"
     down_since: str | None = None
+    previous_owner: Owner | None = None
+    down_seconds: float | None = None
+    lifetime_max_seconds: float | None = None
+
+    def minted(self, seq: int, event_id: str) -> Event:
+        """The event this draft becomes once the log gives it its seq and id."""
+        return Event(
+            seq=seq,
+            id=event_id,
+            type=self.type,
+            time=self.time,
+            endpoint=self.endpoint,
+            owner=self.owner,
+            detected=self.detected,
+            down_since=self.down_since,
+            previous_owner=self.previous_owner,
+            down_seconds=self.down_seconds,
+            lifetime_max_seconds=self.lifetime_max_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
