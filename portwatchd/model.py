@@ -256,6 +256,52 @@ class Owner:
 
 UNKNOWN_OWNER = Owner()
 
+Exposure = Literal["loopback", "link-local", "private", "public"]
+Scope = Literal["host", "container"]
+EXPOSURES: tuple[Exposure, ...] = ("loopback", "link-local", "private", "public")
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a listener lives and who can reach it.
+
+    `netns_inode` is the network namespace's inode, the host's included
+    (an Endpoint's `netns` is 0 for the host's, so that its keys stay
+    short). `exposure` is the widest class of address the listener answers
+    on; None where it was not worked out.
+    """
+
+    netns_inode: int = 0
+    netns_name: str | None = None
+    scope: Scope = "host"
+    container: str | None = None
+    container_runtime: str | None = None
+    exposure: Exposure | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "netns_inode": self.netns_inode,
+            "netns_name": self.netns_name,
+            "scope": self.scope,
+            "container": self.container,
+            "container_runtime": self.container_runtime,
+            "exposure": self.exposure,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Place:
+        return cls(
+            netns_inode=int(data.get("netns_inode") or 0),
+            netns_name=data.get("netns_name"),
+            scope=data.get("scope") or "host",
+            container=data.get("container"),
+            container_runtime=data.get("container_runtime"),
+            exposure=data.get("exposure"),
+        )
+
+
+HOST_PLACE = Place()
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -282,6 +328,9 @@ class Event:
     down_seconds: float | None = None
     # transient: the listener lived at most this long (seconds since the look before).
     lifetime_max_seconds: float | None = None
+    place: Place = HOST_PLACE
+    # Whether an [[expect]] rule accepts it; None when no rule exists.
+    expected: bool | None = None
 
     @property
     def key(self) -> str:
@@ -297,6 +346,8 @@ class Event:
             "down_since": self.down_since,
         }
         data.update(self.endpoint.to_dict())
+        data.update(self.place.to_dict())
+        data["expected"] = self.expected
         data["owner"] = self.owner.to_dict()
         if self.previous_owner is not None:
             data["previous_owner"] = self.previous_owner.to_dict()
@@ -322,6 +373,8 @@ class Event:
             ),
             down_seconds=data.get("down_seconds"),
             lifetime_max_seconds=data.get("lifetime_max_seconds"),
+            place=Place.from_dict(data),
+            expected=data.get("expected"),
         )
 
 
@@ -338,6 +391,8 @@ class EventDraft:
     previous_owner: Owner | None = None
     down_seconds: float | None = None
     lifetime_max_seconds: float | None = None
+    place: Place = HOST_PLACE
+    expected: bool | None = None
 
     def minted(self, seq: int, event_id: str) -> Event:
         """The event this draft becomes once the log gives it its seq and id."""
@@ -353,6 +408,8 @@ class EventDraft:
             previous_owner=self.previous_owner,
             down_seconds=self.down_seconds,
             lifetime_max_seconds=self.lifetime_max_seconds,
+            place=self.place,
+            expected=self.expected,
         )
 
 
