@@ -22,7 +22,7 @@ complete -c portwatchctl -n $events -l since -x -a "$when" -d 'only events at or
 complete -c portwatchctl -n $events -l until -x -a "$when" -d 'only events at or before WHEN'
 complete -c portwatchctl -n $events -l after-seq -x -d 'only events after seq N'
 complete -c portwatchctl -n $events -l limit -x -d 'at most N events'
-complete -c portwatchctl -n $events -l type -x -a 'opened closed' -d 'only events of this type'
+complete -c portwatchctl -n $events -l type -x -a 'opened closed restarted owner_changed transient' -d 'only events of this type'
 complete -c portwatchctl -n $events -l proto -x -a 'tcp udp' -d 'only this protocol'
 complete -c portwatchctl -n $events -l port -x -d 'only this port'
 complete -c portwatchctl -n $events -l json -d 'one JSON object per line'

@@ -2,18 +2,80 @@
 
 The engine hands over what the diff found and the owners the resolver saw;
 this decides what is reported and with which owner. A closed key names the
-owner its socket had when it was last seen (kept per socket while it
+owner its socket had when it was last seen (kept current while it
 listened), an opened key the owner found for its new socket.
+
+Two judgements turn plain opens into what happened:
+- a key opened again within the restart grace after it closed, by the same
+  program (exe) or the same systemd unit, is `restarted`: a service
+  restart, not a new listener. The close before it was reported at once,
+  as always; only the reopening is named differently.
+- the same socket whose owner changed (the main holder exited and a child
+  holds on, a hand-over, an exec of another program) is `owner_changed`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from portwatchd.diff import Change
-from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, EventDraft, Owner
+from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, EventDraft, EventType, Owner
 
-IsIgnored = Callable[[Endpoint, Owner], bool]
+IsIgnored = Callable[[Endpoint, Owner, EventType], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class RecentClose:
+    at: float  # monotonic seconds, when the close was seen
+    owner: Owner
+
+
+class RestartWindow:
+    """The keys closed within the grace, to tell a restart from a new listener.
+
+    Times are the engine's monotonic seconds, passed in: no clock here.
+    """
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._closes: dict[str, RecentClose] = {}
+
+    def __len__(self) -> int:
+        return len(self._closes)
+
+    def closed(self, key: str, owner: Owner, at: float) -> None:
+        if self.grace_s > 0:
+            self._closes[key] = RecentClose(at, owner)
+
+    def reopened(self, key: str, owner: Owner, at: float) -> RecentClose | None:
+        """The close this opening restarts, None when it is a new listener."""
+        before = self._closes.pop(key, None)
+        if before is None or at - before.at > self.grace_s:
+            return None
+        return before if same_service(before.owner, owner) else None
+
+    def expire(self, now: float) -> None:
+        """Forget the closes older than the grace (a closed key that never reopens)."""
+        if self._closes:
+            horizon = now - self.grace_s
+            self._closes = {key: c for key, c in self._closes.items() if c.at >= horizon}
+
+
+def same_service(before: Owner, after: Owner) -> bool:
+    """The same program (exe) or the same systemd unit, both seen."""
+    if before.exe is not None and before.exe == after.exe:
+        return True
+    return before.unit is not None and before.unit == after.unit
+
+
+def owner_differs(before: Owner, after: Owner) -> bool:
+    """Worth an owner_changed event: another main process, program or unit.
+
+    A preforking server's workers coming and going changes `pids` only,
+    and is not an event: the owner is refreshed silently.
+    """
+    return (before.pid, before.exe, before.unit) != (after.pid, after.exe, after.unit)
 
 
 def classify(
@@ -23,27 +85,62 @@ def classify(
     time: str,
     detected: Detection,
     ignored: IsIgnored,
+    restarts: RestartWindow,
+    now: float,
     down_since: str | None = None,
 ) -> list[EventDraft]:
     """One draft per change that no ignore rule matches, in the changes' order.
 
     `owners` maps socket inodes to owners: the last known owner of each
     closed socket and the new owner of each opened one. A socket missing
-    from it is reported with the unknown owner, never a guess.
+    from it is reported with the unknown owner, never a guess. `restarts`
+    learns every close (ignored or not) and is asked about every opening.
     """
     drafts = []
     for change in changes:
         owner = owners.get(change.endpoint.inode, UNKNOWN_OWNER)
-        if ignored(change.endpoint, owner):
+        kind: EventType = change.type
+        before = None
+        if kind == "closed":
+            restarts.closed(change.key, owner, now)
+        else:
+            before = restarts.reopened(change.key, owner, now)
+            if before is not None:
+                kind = "restarted"
+        if ignored(change.endpoint, owner, kind):
             continue
         drafts.append(
             EventDraft(
-                type=change.type,
+                type=kind,
                 endpoint=change.endpoint,
                 owner=owner,
                 time=time,
                 detected=detected,
                 down_since=down_since,
+                previous_owner=None if before is None else before.owner,
+                down_seconds=None if before is None else round(now - before.at, 6),
             )
         )
     return drafts
+
+
+def owner_changes(
+    changes: Iterable[tuple[Endpoint, Owner, Owner]],
+    *,
+    time: str,
+    detected: Detection,
+    ignored: IsIgnored,
+) -> list[EventDraft]:
+    """`owner_changed` drafts for (socket, old owner, new owner) that differ."""
+    return [
+        EventDraft(
+            type="owner_changed",
+            endpoint=endpoint,
+            owner=after,
+            time=time,
+            detected=detected,
+            previous_owner=before,
+        )
+        for endpoint, before, after in changes
+        if owner_differs(before, after) and not ignored(endpoint, after, "owner_changed")
+    ]

@@ -26,7 +26,7 @@ from typing import Any
 from portwatchd.config_build import FileSettings, KeyOrigin, Setting, file_settings
 from portwatchd.config_schema import SOCKET, TOP_LEVEL, ConfigError, InvalidValueError, suggest
 from portwatchd.config_toml import MAX_CONFIG_BYTES, read_config_text
-from portwatchd.model import Endpoint, Owner
+from portwatchd.model import Endpoint, EventType, Owner
 from portwatchd.policy import IgnoreRule, is_ignored
 
 __all__ = [
@@ -74,6 +74,9 @@ class Config:
     """Everything the daemon can be told. The defaults run without a file."""
 
     interval: float = 1.0
+    # A key reopened this soon after it closed, by the same program or unit,
+    # is reported as restarted; 0 = never.
+    restart_grace: float = 5.0
     backend: str = "auto"  # auto | netlink | proc
     owners: bool = True
     state_dir: str = "/var/lib/portwatchd"
@@ -100,9 +103,11 @@ class Config:
         """The 0.1 name of history_size, for callers not yet moved to it."""
         return self.history_size
 
-    def is_ignored(self, endpoint: Endpoint, owner: Owner | None = None) -> bool:
-        """Whether an [[ignore]] rule matches this endpoint (and its owner)."""
-        return is_ignored(self.ignore, endpoint, owner)
+    def is_ignored(
+        self, endpoint: Endpoint, owner: Owner | None = None, event: EventType | None = None
+    ) -> bool:
+        """Whether an [[ignore]] rule matches this endpoint (and its owner) for this event type."""
+        return is_ignored(self.ignore, endpoint, owner, event)
 
     def origin(self, field_path: str) -> KeyOrigin:
         """Where `field_path` ("socket.group") was set; the main file when

@@ -13,11 +13,12 @@ from portwatchd.config import Config, SocketConfig
 from portwatchd.config_schema import number_text
 
 # The parts a reload applies, in the order to apply them.
-PARTS = ("interval", "owners", "history", "ignore", "metrics", "backend", "socket")
+PARTS = ("interval", "restarts", "owners", "history", "ignore", "metrics", "backend", "socket")
 # Keys read at start only: a reload names them and leaves them be.
 RESTART_ONLY = ("state_dir", "log_target", "log_format")
 _PART_KEYS = {
     "interval": ("interval",),
+    "restarts": ("restart_grace",),
     "owners": ("owners",),
     "history": ("history_size", "history_max_age"),
     "ignore": ("ignore",),
@@ -84,6 +85,7 @@ def diff_config(old: Config, new: Config) -> ConfigChange:
         key
         for key in (
             "interval",
+            "restart_grace",
             "backend",
             "owners",
             "history_size",
@@ -125,9 +127,8 @@ def _value_text(key: str, config: Config) -> str:
     value = _value(key, config)
     if value is None:
         return "none"
-    if key in ("interval", "socket.idle_timeout", "history_max_age") and isinstance(
-        value, int | float
-    ):
+    in_seconds = ("interval", "restart_grace", "socket.idle_timeout", "history_max_age")
+    if key in in_seconds and isinstance(value, int | float):
         return f"{number_text(value)}s"
     if key == "socket.mode":
         return f"{value:04o}"

@@ -31,7 +31,17 @@ class Style:
         return f"\033[{code}m{text}\033[0m" if self.enabled and text else text
 
     def event_type(self, kind: str) -> str:
-        return self.paint(kind, "32" if kind.strip() == "opened" else "31")
+        return self.paint(kind, _TYPE_COLOURS.get(kind.strip(), "0"))
+
+
+# green, red, yellow, cyan, magenta
+_TYPE_COLOURS = {
+    "opened": "32",
+    "closed": "31",
+    "restarted": "33",
+    "owner_changed": "36",
+    "transient": "35",
+}
 
 
 def format_time(rfc3339: str | None, local: bool = False) -> str:

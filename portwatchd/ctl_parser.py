@@ -12,6 +12,7 @@ import os
 import sys
 
 from portwatchd import __version__, protocol
+from portwatchd.model import EVENT_TYPES, PROTOS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ def _events_options(events: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N events: the newest N, or the first N after --after-seq",
     )
-    events.add_argument("--type", choices=("opened", "closed"))
-    events.add_argument("--proto", choices=("tcp", "udp"))
+    events.add_argument("--type", choices=EVENT_TYPES)
+    events.add_argument("--proto", choices=PROTOS)
     events.add_argument("--port", type=_bounded_int(1, 65535), metavar="N")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from portwatchd.classify import IsIgnored, classify
+from portwatchd.classify import IsIgnored, RestartWindow, classify, owner_changes
 from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
 from portwatchd.log import EventLog
 from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
@@ -55,10 +55,16 @@ class _Pass:
     baseline: bool  # the first scan of a fresh install: no events, only the snapshot
     new: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
+    rechecked: bool = False  # the owners of the sockets that stay were checked
 
 
 # Events (with their sockets) appended per turn of the loop.
 APPEND_CHUNK = 2000
+# How often the owners of sockets that stay are checked (the main holder
+# still alive, the same program, still holding the socket: see
+# OwnerResolver.recheck). A check of a few dozen holders costs well under
+# a millisecond.
+OWNER_RECHECK_S = 2.0
 _Chunk = tuple[list[EventDraft], list[tuple[Endpoint, Owner]], list[Endpoint]]
 
 
@@ -119,6 +125,8 @@ class Engine:
         ignored: IsIgnored,
         say: Say,
         owners_enabled: bool = True,
+        restart_grace: float = 5.0,
+        owner_recheck_s: float = OWNER_RECHECK_S,
         defer: Callable[[Callable[[], None]], None] = lambda work: work(),
         wall_clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
@@ -137,6 +145,12 @@ class Engine:
         self._snapshot: Snapshot = {}
         self._sockets: dict[int, Endpoint] = {}
         self._owners: dict[int, Owner] = {}
+        self._restarts = RestartWindow(restart_grace)
+        # Sockets whose owner went stale before the new holder was seen: the
+        # owner they had, for the owner_changed event once it is.
+        self._stale_owners: dict[int, Owner] = {}
+        self._owner_recheck_s = owner_recheck_s
+        self._next_recheck_at = float("-inf")
         self._last_endpoints: list[Endpoint] | None = None
         self._waiting: _Pass | None = None
         # Sockets a step's looks all missed, kept until the next step misses
@@ -170,7 +184,8 @@ class Engine:
         self.stats.scans_total += 1
         # The netlink scanner hands back the very same Endpoint objects for
         # unchanged replies: an idle host's pass ends with identity checks.
-        if endpoints == self._last_endpoints and not self._unknown_owners():
+        idle = endpoints == self._last_endpoints and not self._unknown_owners()
+        if idle and not self._recheck_due(started):
             self._scanned(started)
             return True
         confirmed = self._confirm_departures(endpoints)
@@ -212,6 +227,14 @@ class Engine:
         return confirmed + [self._sockets[inode] for inode in sorted(kept)]
 
     @property
+    def restart_grace(self) -> float:
+        return self._restarts.grace_s
+
+    @restart_grace.setter
+    def restart_grace(self, seconds: float) -> None:
+        self._restarts.grace_s = seconds
+
+    @property
     def waiting_since(self) -> float | None:
         """Monotonic time since which a pass waits for owners, None when none does."""
         return self._waiting_since
@@ -231,8 +254,13 @@ class Engine:
     # -- a pass ----------------------------------------------------------------
 
     def _begin_pass(self, endpoints: list[Endpoint], started: float) -> None:
-        snapshot = snapshot_of(endpoints)
-        sockets = {endpoint.inode: endpoint for group in snapshot.values() for endpoint in group}
+        if endpoints == self._last_endpoints:  # only the owners are checked
+            snapshot, sockets = self._snapshot, self._sockets
+        else:
+            snapshot = snapshot_of(endpoints)
+            sockets = {
+                endpoint.inode: endpoint for group in snapshot.values() for endpoint in group
+            }
         baseline = self._first and self._log.is_new
         pass_ = _Pass(
             endpoints=endpoints,
@@ -251,7 +279,15 @@ class Engine:
             self._finish_pass(LookupResult({}))
             return
         retry = self._unknown_owners() & sockets.keys()
-        self._lookup.submit(lookup_job(pass_.new, retry, pass_.gone), self._finish_pass)
+        recheck = None
+        if self._recheck_due(started):
+            self._next_recheck_at = started + self._owner_recheck_s
+            pass_.rechecked = True
+            recheck = {inode: owner for inode, owner in self._owners.items() if inode in sockets}
+        self._lookup.submit(lookup_job(pass_.new, retry, pass_.gone, recheck), self._finish_pass)
+
+    def _recheck_due(self, now: float) -> bool:
+        return self.owners_enabled and bool(self._owners) and now >= self._next_recheck_at
 
     def _finish_pass(self, result: LookupResult) -> None:
         """The continuation: owners are in; classify, then append in chunks."""
@@ -262,19 +298,27 @@ class Engine:
             self._say(PRIORITY_ERR, result.error)
         owners = {inode: self._owners.get(inode, UNKNOWN_OWNER) for inode in pass_.gone}
         owners.update(result.owners)
+        now = self._monotonic()
+        self._restarts.expire(now)
+        time_text = rfc3339(self._now())
         drafts = classify(
             pass_.changes,
             owners=owners,
-            time=rfc3339(self._now()),
+            time=time_text,
             detected=pass_.detected,
             ignored=self.ignored,
+            restarts=self._restarts,
+            now=now,
             down_since=self._log.last_alive if pass_.detected == "startup" else None,
         )
         removed = [self._sockets[inode] for inode in pass_.gone]
         for inode in pass_.gone:
             self._owners.pop(inode, None)
-        refreshed = {inode for inode, owner in result.owners.items() if owner.known}
-        self._owners.update({inode: result.owners[inode] for inode in refreshed})
+            self._stale_owners.pop(inode, None)
+        refreshed, handed = self._refresh_owners(result, pass_)
+        drafts += owner_changes(
+            handed, time=time_text, detected=pass_.detected, ignored=self.ignored
+        )
         added = [
             (pass_.sockets[inode], self._owners.get(inode, UNKNOWN_OWNER))
             for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))
@@ -283,6 +327,42 @@ class Engine:
         self._sockets = pass_.sockets
         self._last_endpoints = pass_.endpoints
         self._append_chunks(_chunks(drafts, added, removed), pass_, reported=len(drafts))
+
+    def _refresh_owners(
+        self, result: LookupResult, pass_: _Pass
+    ) -> tuple[set[int], list[tuple[Endpoint, Owner, Owner]]]:
+        """Take in the owners the lookup found and the ones it found changed.
+
+        Returns the sockets whose stored owner changes, and (socket, old
+        owner, new owner) for each socket that stayed while its owner
+        changed. A stale owner is dropped at once (never a pid that no
+        longer holds the socket) and remembered until the new holder is
+        seen, so that the event names both.
+        """
+        refreshed: set[int] = set()
+        handed: list[tuple[Endpoint, Owner, Owner]] = []
+        for inode, owner in result.owners.items():
+            if owner.known:
+                refreshed.add(inode)
+                self._owners[inode] = owner
+                before = self._stale_owners.pop(inode, None)
+                if before is not None and inode in pass_.sockets:
+                    handed.append((pass_.sockets[inode], before, owner))
+        for inode, owner in result.changed.items():
+            endpoint = pass_.sockets.get(inode)
+            if endpoint is None or inode in pass_.new:
+                continue
+            refreshed.add(inode)
+            before = self._stale_owners.pop(inode, None) or self._owners.get(inode)
+            if owner.known:
+                self._owners[inode] = owner
+                if before is not None:
+                    handed.append((endpoint, before, owner))
+            else:
+                self._owners.pop(inode, None)
+                if before is not None:
+                    self._stale_owners[inode] = before
+        return refreshed, handed
 
     def _append_chunks(self, chunks: list[_Chunk], pass_: _Pass, *, reported: int) -> None:
         """Append one chunk now and the rest at later turns of the loop, so

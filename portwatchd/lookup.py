@@ -16,8 +16,8 @@ import functools
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from portwatchd.model import Owner
@@ -36,6 +36,9 @@ Done = Callable[["LookupResult"], None]
 class LookupResult:
     owners: dict[int, Owner]  # the inodes found; the others stay unknown
     error: str | None = None  # the job failed: the owners found before it
+    # Rechecked sockets whose owner is no longer right -> the right one
+    # (UNKNOWN_OWNER while the new holder is not seen).
+    changed: dict[int, Owner] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class LookupJob:
     wanted: frozenset[int]  # new sockets: looked for now, waiting for a due walk
     retry: frozenset[int]  # still unknown from earlier: a walk only when one is due now
     forget: frozenset[int]  # sockets gone: drop them from the resolver's cache
+    # Sockets that stay, with the owners the engine holds: are they still right?
+    recheck: Mapping[int, Owner] = field(default_factory=dict)
 
 
 class OwnerLookup(Protocol):
@@ -60,6 +65,7 @@ def run_job(
 ) -> LookupResult:
     """The lookup itself, in whichever thread runs it."""
     found: dict[int, Owner] = {}
+    changed: dict[int, Owner] = {}
     try:
         if job.forget:
             resolver.forget(job.forget)
@@ -73,9 +79,11 @@ def run_job(
         retry = job.retry - found.keys()
         if retry and resolver.walk_due_in(retry) == 0:
             found.update(resolver.resolve_walk(retry))
+        if job.recheck:
+            changed = resolver.recheck(job.recheck)
     except Exception as err:  # handed to the loop thread, which logs it
-        return LookupResult(found, f"owner lookup failed: {type(err).__name__}: {err}")
-    return LookupResult(found)
+        return LookupResult(found, f"owner lookup failed: {type(err).__name__}: {err}", changed)
+    return LookupResult(found, changed=changed)
 
 
 class InlineLookup:
@@ -122,6 +130,9 @@ class ThreadedLookup:
 
 
 def lookup_job(
-    wanted: Collection[int] = (), retry: Collection[int] = (), forget: Collection[int] = ()
+    wanted: Collection[int] = (),
+    retry: Collection[int] = (),
+    forget: Collection[int] = (),
+    recheck: Mapping[int, Owner] | None = None,
 ) -> LookupJob:
-    return LookupJob(frozenset(wanted), frozenset(retry), frozenset(forget))
+    return LookupJob(frozenset(wanted), frozenset(retry), frozenset(forget), recheck or {})

@@ -108,9 +108,7 @@ def escape_text(text: str) -> str:
     return _UNSAFE_IN_TEXT.sub(_escape_char, text)
 
 
-def endpoint_key(
-    proto: str, address: str, port: int, interface: str = "", netns: int = 0
-) -> str:
+def endpoint_key(proto: str, address: str, port: int, interface: str = "", netns: int = 0) -> str:
     """The one canonical name of a listening endpoint.
 
     It keeps the original monitor's "proto:address:port" shape; IPv6 goes in
@@ -277,6 +275,10 @@ class Place:
     container: str | None = None
     container_runtime: str | None = None
     exposure: Exposure | None = None
+
+    def container_label(self) -> str:
+        """The container's name when known, else its id shortened as docker shows it."""
+        return self.netns_name or (self.container or "")[:12] or "?"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from portwatchd.config_schema import Check, InvalidValueError, choice, describe_value, string
-from portwatchd.model import PROTOS, Endpoint, Owner
+from portwatchd.model import EVENT_TYPES, PROTOS, Endpoint, EventType, Owner
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,10 +36,17 @@ class IgnoreRule:
     proto: str | None = None
     process: str | None = None
     unit: str | None = None  # exact, or a shell glob ("docker-*.scope")
+    events: tuple[str, ...] = ()  # event types it silences; () = every type
     line: int | None = None  # where the rule starts in its file, for messages
     source: str | None = None  # the file it comes from (main file or drop-in)
 
-    def matches(self, endpoint: Endpoint, owner: Owner | None = None) -> bool:
+    def matches(
+        self, endpoint: Endpoint, owner: Owner | None = None, event: EventType | None = None
+    ) -> bool:
+        """Whether the rule silences this endpoint (with its owner), for the
+        given event type; `event` None asks about every type at once."""
+        if self.events and (event is None or event not in self.events):
+            return False
         if self.proto is not None and endpoint.proto != self.proto:
             return False
         if self.ports and not any(low <= endpoint.port <= high for low, high in self.ports):
@@ -67,12 +74,19 @@ class IgnoreRule:
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name}={value}")
+        if self.events:
+            parts.append("event=" + ",".join(self.events))
         return " ".join(parts)
 
 
-def is_ignored(rules: Iterable[IgnoreRule], endpoint: Endpoint, owner: Owner | None = None) -> bool:
-    """Whether any rule matches this endpoint (and its owner)."""
-    return any(rule.matches(endpoint, owner) for rule in rules)
+def is_ignored(
+    rules: Iterable[IgnoreRule],
+    endpoint: Endpoint,
+    owner: Owner | None = None,
+    event: EventType | None = None,
+) -> bool:
+    """Whether any rule matches this endpoint (and its owner) for this event type."""
+    return any(rule.matches(endpoint, owner, event) for rule in rules)
 
 
 def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
@@ -162,6 +176,15 @@ def _unit(value: object) -> str:
     return text
 
 
+def _events(value: object) -> tuple[str, ...]:
+    check = choice(*EVENT_TYPES)
+    if isinstance(value, list):
+        if not value:
+            raise InvalidValueError("must not be an empty array")
+        return tuple(check(item) for item in value)
+    return (check(value),)
+
+
 # [[ignore]] key -> (IgnoreRule field, check)
 IGNORE_KEYS: dict[str, tuple[str, Check]] = {
     "port": ("ports", _ports),
@@ -169,4 +192,5 @@ IGNORE_KEYS: dict[str, tuple[str, Check]] = {
     "proto": ("proto", choice(*PROTOS)),
     "process": ("process", _process),
     "unit": ("unit", _unit),
+    "event": ("events", _events),
 }

@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from portwatchd.model import EVENT_TYPES, PROTOS
 from portwatchd.protocol import (
     BAD_REQUEST,
     QUERY_FIELDS,
@@ -19,9 +20,6 @@ from portwatchd.protocol import (
     ProtocolError,
     check_version,
 )
-
-_EVENT_TYPES = ("opened", "closed")  # model.EVENT_TYPES
-_PROTOS = ("tcp", "udp")
 
 
 def _int_field(message: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
@@ -73,8 +71,8 @@ def parse_query(message: dict[str, Any]) -> EventQuery:
         since=_time_field(message, "since"),
         until=_time_field(message, "until"),
         limit=_int_field(message, "limit", 0, None),
-        type=_choice_field(message, "type", _EVENT_TYPES),
-        proto=_choice_field(message, "proto", _PROTOS),
+        type=_choice_field(message, "type", EVENT_TYPES),
+        proto=_choice_field(message, "proto", PROTOS),
         port=_int_field(message, "port", 0, 65535),
     )
 

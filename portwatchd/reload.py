@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from portwatchd.config import Config, ConfigError
 from portwatchd.config_change import diff_config
 from portwatchd.model import PRIORITY_ERR, PRIORITY_INFO, PRIORITY_WARNING, rfc3339, utc_now
-from portwatchd.outputs.journal import MESSAGE_ID_RELOAD_REFUSED
+from portwatchd.outputs.entries import MESSAGE_ID_RELOAD_REFUSED
 from portwatchd.sources.base import ScanError, Scanner
 
 if TYPE_CHECKING:
@@ -100,6 +100,9 @@ class Reloader:
         if part == "interval":
             runner.reschedule(running.interval, new.interval)
             return replace(running, interval=new.interval), None
+        if part == "restarts":
+            runner.engine.restart_grace = new.restart_grace
+            return replace(running, restart_grace=new.restart_grace), None
         if part == "owners":
             runner.engine.owners_enabled = new.owners
             return replace(running, owners=new.owners), None

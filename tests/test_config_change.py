@@ -90,6 +90,7 @@ def test_restart_only_keys_are_named_apart() -> None:
 def test_parts_come_in_the_order_to_apply_them() -> None:
     new = Config(
         interval=2,
+        restart_grace=0,
         backend="netlink",
         owners=False,
         history_size=7,

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from portwatchd import ctl, ctl_parser, protocol
 from portwatchd.ctl_format import Style
-from portwatchd.model import Endpoint, Owner
+from portwatchd.model import EVENT_TYPES, Endpoint, Owner
 from tests.control_fixtures import MemoryBackend, ServerThread, backend, serve
 from tests.other_user import python_as
 
@@ -517,7 +517,7 @@ def test_bash_completion_offers_every_command_and_option() -> None:
     for command in ctl.COMMANDS:
         assert complete(command, "--") == options[command], command
         assert complete("--socket", "/tmp/x", command, "--") == options[command], command
-    assert complete("events", "--type", "") == {"opened", "closed"}
+    assert complete("events", "--type", "") == set(EVENT_TYPES)
     assert complete("events", "--proto", "") == {"tcp", "udp"}
     assert complete("scan", "--backend", "") == {"auto", "netlink", "proc"}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from portwatchd import ctl, ctl_parser
+from portwatchd.model import EVENT_TYPES
 from tests.test_ctl import _options_by_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def test_every_command_and_option_is_offered(offers: object) -> None:
 def test_option_values_are_offered(offers: object) -> None:
     complete = offers
     assert callable(complete)
-    assert complete("portwatchctl events --type ") == {"opened", "closed"}
+    assert complete("portwatchctl events --type ") == set(EVENT_TYPES)
     assert complete("portwatchctl events --proto ") == {"tcp", "udp"}
     assert complete("portwatchctl scan --backend ") == {"auto", "netlink", "proc"}
     since = complete("portwatchctl events --since ")

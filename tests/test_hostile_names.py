@@ -23,7 +23,8 @@ from portwatchd import ctl
 from portwatchd.ctl_format import EVENT_HEADERS, event_row, format_table, port_record, print_ports
 from portwatchd.model import Endpoint, Event, Owner, escape_text
 from portwatchd.notify import Notifier
-from portwatchd.outputs.journal import JournalSocket, StderrSink, event_fields, event_line
+from portwatchd.outputs.entries import event_fields, event_line
+from portwatchd.outputs.journal import JournalSocket, StderrSink
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.owners import OwnerResolver
 from tests.named_listener import listener_named

@@ -10,14 +10,17 @@ import threading
 import time
 from pathlib import Path
 
-from portwatchd.model import UNKNOWN_OWNER, Endpoint, Event, Owner
-from portwatchd.outputs.journal import (
+from portwatchd.model import EVENT_TYPES, UNKNOWN_OWNER, Endpoint, Event, Owner
+from portwatchd.outputs.entries import (
     MESSAGE_ID_CLOSED,
     MESSAGE_ID_OPENED,
-    JournalSocket,
-    StderrSink,
+    MESSAGE_ID_OWNER_CHANGED,
+    MESSAGE_ID_RESTARTED,
+    MESSAGE_ID_UNEXPECTED,
+    MESSAGE_IDS,
     event_fields,
 )
+from portwatchd.outputs.journal import JournalSocket, StderrSink
 
 NGINX = Owner(
     pid=1234,
@@ -205,3 +208,44 @@ def _still_sending(sent: list[int]) -> bool:
     before = sent[0]
     time.sleep(0.2)
     return sent[0] != before
+
+
+def test_a_restart_is_info_with_both_owners_and_the_downtime() -> None:
+    ep = Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=77, uid=0)
+    old = Owner(pid=900, pids=(900,), comm="nginx", exe="/usr/sbin/nginx", unit="nginx.service")
+    event = make_event(ep, NGINX, type="restarted", previous_owner=old, down_seconds=1.25)
+    fields = event_fields(event)
+    assert fields["MESSAGE"] == (
+        "Port restarted: tcp:0.0.0.0:80 by nginx[1234] (nginx.service), down 1.25 s,"
+        " was nginx[900] (nginx.service)"
+    )
+    assert fields["MESSAGE_ID"] == MESSAGE_ID_RESTARTED != MESSAGE_ID_OPENED
+    assert fields["PRIORITY"] == "6"
+    assert fields["PORT_EVENT"] == "restarted"
+    assert fields["PORT_DOWN_SECONDS"] == "1.25"
+    assert (fields["PORT_PID"], fields["PORT_PREVIOUS_PID"]) == ("1234", "900")
+    assert fields["PORT_PREVIOUS_EXE"] == "/usr/sbin/nginx"
+    assert fields["PORT_PREVIOUS_UNIT"] == "nginx.service"
+    assert "PORT_PREVIOUS_USER" not in fields  # not seen: absent, never a guess
+
+
+def test_an_owner_change_names_the_new_holder_and_the_old_one() -> None:
+    ep = Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=77, uid=0)
+    old = Owner(pid=900, comm="python3", exe="/usr/bin/python3.11")
+    fields = event_fields(make_event(ep, NGINX, type="owner_changed", previous_owner=old))
+    assert fields["MESSAGE"] == (
+        "Port owner changed: tcp:0.0.0.0:80 now held by nginx[1234] (nginx.service),"
+        " was python3[900]"
+    )
+    assert fields["MESSAGE_ID"] == MESSAGE_ID_OWNER_CHANGED
+    assert fields["PRIORITY"] == "5"
+    assert fields["PORT_PREVIOUS_COMM"] == "python3"
+    assert "PORT_DOWN_SECONDS" not in fields
+
+
+def test_every_event_type_has_its_own_message_id_and_a_catalog_entry() -> None:
+    catalog = (Path(__file__).parents[1] / "packaging" / "portwatchd.catalog").read_text()
+    ids = [MESSAGE_IDS[kind] for kind in EVENT_TYPES]
+    assert len(set(ids)) == len(EVENT_TYPES)
+    for message_id in [*ids, MESSAGE_ID_UNEXPECTED]:
+        assert f"-- {message_id}\n" in catalog

@@ -188,6 +188,9 @@ def test_events_by_type_with_every_type_present() -> None:
     assert _values(families["portwatchd_events"]) == {
         (("type", "closed"),): 0,
         (("type", "opened"),): 5,
+        (("type", "owner_changed"),): 0,
+        (("type", "restarted"),): 0,
+        (("type", "transient"),): 0,
     }
 
 

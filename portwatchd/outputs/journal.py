@@ -1,7 +1,6 @@
 """Where events and log lines go: the systemd journal, or stderr.
 
-`event_fields` is the one place that knows the journal field names; it is
-pure, so the mapping is tested as a function. The sinks around it are thin.
+What an entry says is `entries.py`'s (pure); the sinks here only deliver it.
 """
 
 from __future__ import annotations
@@ -14,122 +13,17 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
 
-from portwatchd.model import (
-    PRIORITY_ERR,
-    PRIORITY_INFO,
-    PRIORITY_NOTICE,
-    PRIORITY_WARNING,
-    Event,
-    Loss,
-    escape_text,
+from portwatchd.model import Event, Loss
+from portwatchd.outputs.entries import (
+    PRIORITY_NAMES,
+    SYSLOG_IDENTIFIER,
+    event_fields,
+    event_line,
+    loss_fields,
+    loss_message,
 )
 
-# Fixed forever: journalctl MESSAGE_ID= filters and the message catalog
-# (packaging/portwatchd.catalog) key on them.
-MESSAGE_ID_OPENED = "bc5aa3412226442ea87addfff74cb425"
-MESSAGE_ID_CLOSED = "6a63009634414d579ea098597164285c"
-MESSAGE_ID_RELOAD_REFUSED = "e8fa0f95b4d54ab0a5fd1fcda24f1e0f"
-MESSAGE_ID_LOSS = "35875db9cb63408f874ac504e126d16d"
-
-SYSLOG_IDENTIFIER = "portwatchd"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-
-
-_PRIORITY_NAMES = {
-    PRIORITY_ERR: "error",
-    PRIORITY_WARNING: "warning",
-    PRIORITY_NOTICE: "notice",
-    PRIORITY_INFO: "info",
-}
-
-
-def event_message(event: Event) -> str:
-    """The MESSAGE a person reads, the endpoint named by its key (the PORT field):
-
-    "Port opened: tcp:0.0.0.0:8080 by nginx[1234] (nginx.service)"
-    "Port closed: tcp:[fe80::1%eth0]:22 by sshd[612] (ssh.service)"
-
-    One line always: names a process or another user controls (interface,
-    comm, unit) are escaped (model.escape_text). The fields beside it keep
-    the raw values.
-    """
-    when = " while portwatchd was not running" if event.detected == "startup" else ""
-    return f"Port {event.type}{when}: {escape_text(event.key)} by {event.owner.describe()}"
-
-
-def event_fields(event: Event) -> dict[str, str]:
-    """Journal fields for one event. Owner fields appear only when known:
-    an absent PORT_PID means "could not be seen", never a guess.
-
-    Only MESSAGE is text for people; every other field carries the value as
-    it was seen (journald fields are binary-safe; encode_entry writes a
-    name that was not UTF-8 as its bytes)."""
-    ep = event.endpoint
-    owner = event.owner
-    fields = {
-        "MESSAGE": event_message(event),
-        "MESSAGE_ID": MESSAGE_ID_OPENED if event.type == "opened" else MESSAGE_ID_CLOSED,
-        "PRIORITY": str(PRIORITY_NOTICE),
-        "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
-        "PORT_EVENT": event.type,
-        "PORT": ep.key,
-        "PORT_PROTO": ep.proto,
-        "PORT_FAMILY": ep.family,
-        "PORT_ADDRESS": ep.address,
-        "PORT_NUMBER": str(ep.port),
-        "PORT_INTERFACE": ep.interface,
-        "PORT_INODE": str(ep.inode),
-        "PORT_EVENT_SEQ": str(event.seq),
-        "PORT_EVENT_ID": event.id,
-        "PORT_EVENT_TIME": event.time,
-        "PORT_DETECTED": event.detected,
-    }
-    if ep.v6only is not None:
-        fields["PORT_V6ONLY"] = "1" if ep.v6only else "0"
-    if event.down_since:
-        fields["PORT_DOWN_SINCE"] = event.down_since
-    optional: Mapping[str, Any] = {
-        "PORT_PID": owner.pid,
-        "PORT_PIDS": " ".join(map(str, owner.pids)) if len(owner.pids) > 1 else None,
-        "PORT_COMM": owner.comm,
-        "PORT_EXE": owner.exe,
-        "PORT_CMDLINE": owner.cmdline,
-        "PORT_UID": owner.uid if owner.uid is not None else (ep.uid if ep.uid >= 0 else None),
-        "PORT_USER": owner.user,
-        "PORT_UNIT": owner.unit,
-    }
-    fields.update({name: str(value) for name, value in optional.items() if value is not None})
-    return fields
-
-
-def loss_message(loss: Loss) -> str:
-    """ "Events lost: seq 21-320: portwatchd stopped before storing them"."""
-    seqs = (
-        f"seq {loss.from_seq}"
-        if loss.from_seq == loss.to_seq
-        else f"seq {loss.from_seq}-{loss.to_seq}"
-    )
-    return f"Events lost: {seqs}: {loss.reason}"
-
-
-def loss_fields(loss: Loss) -> dict[str, str]:
-    """Journal fields for a loss: the seqs a consumer will never see."""
-    return {
-        "MESSAGE": loss_message(loss),
-        "MESSAGE_ID": MESSAGE_ID_LOSS,
-        "PRIORITY": str(PRIORITY_WARNING),
-        "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
-        "PORT_EVENT": "loss",
-        "PORT_LOSS_FROM_SEQ": str(loss.from_seq),
-        "PORT_LOSS_TO_SEQ": str(loss.to_seq),
-        "PORT_LOSS_REASON": loss.reason,
-        "PORT_EVENT_TIME": loss.time,
-    }
-
-
-def event_line(event: Event) -> str:
-    """One stderr line for an event, for hosts without journald."""
-    return f"{event.time} {event_message(event)} [seq={event.seq} id={event.id}]"
 
 
 class Sink(Protocol):
@@ -247,14 +141,14 @@ class StderrSink:
 
     def log(self, priority: int, message: str, **fields: str) -> None:
         if self._json:
-            record: dict[str, Any] = {"priority": _PRIORITY_NAMES.get(priority, str(priority))}
+            record: dict[str, Any] = {"priority": PRIORITY_NAMES.get(priority, str(priority))}
             record["message"] = message
             record.update({k.lower(): v for k, v in fields.items()})
             self._write(json.dumps(record, separators=(",", ":")))
         elif self._syslog_prefix:
             self._write(f"<{priority}>{message}")
         else:
-            self._write(f"portwatchd: {_PRIORITY_NAMES.get(priority, priority)}: {message}")
+            self._write(f"portwatchd: {PRIORITY_NAMES.get(priority, priority)}: {message}")
 
 
 def journal_available(socket_path: str = JOURNAL_SOCKET) -> bool:

@@ -87,7 +87,7 @@ def _optional_labels(endpoint: Endpoint) -> dict[str, str]:
     labels = {}
     for name in OPTIONAL_ENDPOINT_LABELS:
         value = getattr(endpoint, name, None)
-        if value is not None:
+        if value:  # netns 0 is the host's: no label, as before namespaces
             labels[name] = str(value)
     return labels
 

@@ -54,6 +54,7 @@ class ResolverStats:
     walks_completed: int = 0
     walks_cut_by_budget: int = 0
     walks_deferred: int = 0  # a walk was wanted but the rate limit or back-off said no
+    owners_stale: int = 0  # owners found no longer right (holder exited, handed over, exec'd)
 
 
 # A process is named by (start time, pid) packed into one int, so that a pid
@@ -86,6 +87,9 @@ class FdTables:
         # the processes holding it; and each such process's parent pid.
         self.holders: dict[int, tuple[int, ...]] = {}
         self.parent_of: dict[int, int] = {}
+        # pid -> start time of each process named as an owner's main holder,
+        # so that a later check knows it is still that very process.
+        self.main_started: dict[int, int] = {}
 
     def clear(self) -> None:
         self.holders.clear()
@@ -151,6 +155,30 @@ class FdTables:
             os.close(dir_fd)
         return []
 
+    def socket_inodes(self, pid: int) -> set[int] | None:
+        """Every socket in one fd table, None when it cannot be read (gone, denied)."""
+        fd_dir = f"{self.proc_root}/{pid}/fd"
+        inodes = set()
+        try:
+            dir_fd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            names = os.listdir(dir_fd)
+            for name in names:
+                try:
+                    inode = socket_inode(os.readlink(name, dir_fd=dir_fd))
+                except OSError:  # the fd closed meanwhile
+                    continue
+                if inode is not None:
+                    inodes.add(inode)
+        except OSError:  # the process exited while listed
+            return None
+        finally:
+            os.close(dir_fd)
+        self._stats.fds_read += len(names)
+        return inodes
+
     def _add_holder(self, inode: int, key: int) -> None:
         holders = self.holders.get(inode)
         if holders is None:
@@ -172,7 +200,9 @@ class FdTables:
         # Only the main process is read in full: a preforking server can
         # share one socket among hundreds of workers.
         main = main_process(alive)
-        main_info = read_process(self.proc_root, main, dict(alive)[main])
+        main_stat = dict(alive)[main]
+        self.main_started[main] = main_stat.start_time
+        main_info = read_process(self.proc_root, main, main_stat)
         return owner_of(main_info, (pid for pid, _ in alive), self._user_of)
 
 

@@ -41,16 +41,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from portwatchd.model import UNKNOWN_OWNER, Owner
 from portwatchd.sources.fdwalk import PID_MASK, FdTables, FullWalk, ResolverStats
-from portwatchd.sources.procinfo import user_name
+from portwatchd.sources.procinfo import read_exe, user_name
 
 # Found-but-not-asked sockets kept for later. A full walk starts them afresh;
 # between walks, new processes add to them, until this many are dropped.
 _SPARE_LIMIT = 200_000
+
+# Whether a main holder still holds its sockets costs a read of its fd
+# table: done at most every fd_check_interval_s, and at most 1% of the time.
+FD_CHECK_IDLE_RATIO = 99.0
 
 
 class OwnerResolver:
@@ -68,6 +72,7 @@ class OwnerResolver:
         walk_budget_s: float = 0.5,
         min_walk_interval_s: float = 0.0,
         recent_process_s: float = 30.0,
+        fd_check_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         user_of: Callable[[int], str | None] = user_name,
     ) -> None:
@@ -76,6 +81,8 @@ class OwnerResolver:
         # a slow config load), when it is no longer "new since the last
         # call": processes first seen this recently are looked at again.
         self.recent_process_s = recent_process_s
+        self.fd_check_interval_s = fd_check_interval_s
+        self._next_fd_check_at = float("-inf")
         self.stats = ResolverStats()
         self._clock = clock
         self._busy = threading.Lock()
@@ -224,6 +231,87 @@ class OwnerResolver:
                 parent_key = self._tables.scan_pid(parent, deadline)
                 if parent_key is not None and parent_key in self._tables.holders.get(inode, ()):
                     climbing.append(parent_key)
+
+    def recheck(self, owners: Mapping[int, Owner]) -> dict[int, Owner]:
+        """The sockets among `owners` whose owner is no longer right, with the right one.
+
+        An owner goes stale while its socket stays: the main holder forks
+        and exits (the child holds on), hands the socket over (SCM_RIGHTS)
+        and closes its copy, or execs another program. Each main holder is
+        checked: the same process (start time), the same program (exe, or
+        comm where exe cannot be read) and, when an fd check is due, still
+        holding the socket. The stale sockets are looked up again (new
+        processes and ancestors now, a walk when one is due); a socket whose
+        new holder is not seen yet maps to UNKNOWN_OWNER, never to the old
+        pid. Owners a complete walk rebuilt in the cache are returned too.
+        """
+        with self._exclusive():
+            by_pid: dict[int, list[int]] = {}
+            for inode, owner in owners.items():
+                if owner.pid is not None:
+                    by_pid.setdefault(owner.pid, []).append(inode)
+            check_fds = self._clock() >= self._next_fd_check_at
+            started = self._clock()
+            stale: set[int] = set()
+            for pid, inodes in by_pid.items():
+                stale.update(self._stale_of(pid, inodes, owners[inodes[0]], check_fds))
+            if check_fds:
+                spent = self._clock() - started
+                self._next_fd_check_at = self._clock() + max(
+                    self.fd_check_interval_s, spent * FD_CHECK_IDLE_RATIO
+                )
+            main_pids = by_pid.keys()
+            for pid in [pid for pid in self._tables.main_started if pid not in main_pids]:
+                del self._tables.main_started[pid]
+            changed = {
+                inode: cached
+                for inode, owner in owners.items()
+                if (cached := self._cache.get(inode)) is not None and cached != owner
+            }
+            if stale:
+                self.stats.owners_stale += len(stale)
+                found = self._resolve_new(stale)
+                missing = stale - found.keys()
+                if missing:
+                    found.update(self._resolve_walk(missing))
+                changed.update({inode: found.get(inode, UNKNOWN_OWNER) for inode in stale})
+            return changed
+
+    def _stale_of(self, pid: int, inodes: list[int], owner: Owner, check_fds: bool) -> list[int]:
+        """The sockets of one main holder that it no longer stands for; their
+        sightings of it are dropped from the cache and the fd tables."""
+        stat = self._tables.read_stat(pid)
+        started = self._tables.main_started.get(pid)
+        if stat is None or (started is not None and stat.start_time != started):
+            gone, drop_sightings = inodes, True  # exited (a child may hold on)
+        elif self._program_changed(pid, owner, stat.comm):
+            # Another program in the same process: the sightings stand and
+            # the owner is rebuilt from them.
+            gone, drop_sightings = inodes, False
+        elif check_fds and (held := self._tables.socket_inodes(pid)) is not None:
+            gone, drop_sightings = [inode for inode in inodes if inode not in held], True
+        else:
+            return []
+        for inode in gone:
+            self._cache.pop(inode, None)
+            if not drop_sightings:
+                continue
+            holders = self._tables.holders.get(inode, ())
+            rest = tuple(key for key in holders if key & PID_MASK != pid)
+            if rest:
+                self._tables.holders[inode] = rest
+            else:
+                self._tables.holders.pop(inode, None)
+        return gone
+
+    def _program_changed(self, pid: int, owner: Owner, comm: str) -> bool:
+        """An exec of another program. A process whose exe cannot be read
+        now (exiting: a zombie has none) has not exec'd; the fd check
+        finds that it no longer holds its sockets."""
+        if owner.exe is None:
+            return comm != owner.comm
+        exe = read_exe(self.proc_root, pid)
+        return exe is not None and exe != owner.exe
 
     def walk_due_in(self, inodes: Collection[int]) -> float | None:
         """Seconds until a walk may look for these inodes (0: now); None when

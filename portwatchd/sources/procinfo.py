@@ -160,15 +160,20 @@ def read_stat(proc_root: str, pid: int) -> ProcStat | None:
         return None
 
 
-def read_process(proc_root: str, pid: int, stat: ProcStat) -> ProcessInfo:
-    """Everything else about a process whose stat was just read."""
-    base = f"{proc_root}/{pid}"
+def read_exe(proc_root: str, pid: int) -> str | None:
+    """The program a process runs, None when it cannot be seen."""
     try:
-        exe: str | None = os.fsencode(os.readlink(f"{base}/exe")).decode(
+        return os.fsencode(os.readlink(f"{proc_root}/{pid}/exe")).decode(
             "utf-8", "backslashreplace"
         )
     except OSError:  # EACCES, or ENOENT for a kernel thread or an exited process
-        exe = None
+        return None
+
+
+def read_process(proc_root: str, pid: int, stat: ProcStat) -> ProcessInfo:
+    """Everything else about a process whose stat was just read."""
+    base = f"{proc_root}/{pid}"
+    exe = read_exe(proc_root, pid)
     cmdline_bytes = _read_bytes(f"{base}/cmdline", _CMDLINE_READ_BYTES)
     status = _read_bytes(f"{base}/status")
     cgroup = _read_bytes(f"{base}/cgroup")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from portwatchd.outputs.journal import MESSAGE_ID_OPENED
+from portwatchd.outputs.entries import MESSAGE_ID_OPENED
 from tests.system.sandbox import Sandbox, sandbox_unavailable_reason
 
 pytestmark = pytest.mark.system
