@@ -109,9 +109,7 @@ class Config:
         """Whether an [[ignore]] rule matches this endpoint (and its owner)."""
         return is_ignored(self.ignore, endpoint, owner)
 
-    def is_expected(
-        self, endpoint: Endpoint, owner: Owner | None, place: Place
-    ) -> bool | None:
+    def is_expected(self, endpoint: Endpoint, owner: Owner | None, place: Place) -> bool | None:
         """Whether an [[expect]] rule accepts this listener; None without rules."""
         return is_expected(self.expect, endpoint, owner, place)
 

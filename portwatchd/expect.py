@@ -58,7 +58,7 @@ class ExpectRule:
             return False
         if self.process is not None and not _process_matches(self.process, owner):
             return False
-        if self.unit is not None and not _glob_matches(self.unit, owner and owner.unit):
+        if self.unit is not None and not _glob_matches(self.unit, owner.unit if owner else None):
             return False
         if self.container is not None and not _container_matches(self.container, place):
             return False

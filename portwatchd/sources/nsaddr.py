@@ -65,7 +65,9 @@ def _attributes(data: memoryview, offset: int, end: int) -> Iterator[tuple[int, 
     while end - offset >= RTATTR.size:
         length, kind = RTATTR.unpack_from(data, offset)
         if length < RTATTR.size or length > end - offset:
-            raise ParseError(f"attribute length {length} does not fit", source=SOURCE, offset=offset)
+            raise ParseError(
+                f"attribute length {length} does not fit", source=SOURCE, offset=offset
+            )
         yield kind, data[offset + RTATTR.size : offset + length]
         offset += (length + 3) & ~3
 

@@ -48,7 +48,7 @@ class NamespaceEntryRefused(SourceUnavailable):
     """setns was refused (no CAP_SYS_ADMIN): read /proc/PID/net/* instead."""
 
 
-class NamespaceGone(ScanError):
+class NamespaceGoneError(ScanError):
     """The namespace's file is gone: its last process exited, its mount was removed."""
 
 
@@ -56,13 +56,13 @@ def open_in_namespace(path: str, specs: Sequence[SocketSpec]) -> list[socket.soc
     """Sockets made inside the network namespace that `path` opens, one per spec.
 
     `path` is a bind mount (/run/netns/NAME) or /proc/PID/ns/net. Raises
-    NamespaceGone when the file is gone, NamespaceEntryRefused when we
+    NamespaceGoneError when the file is gone, NamespaceEntryRefused when we
     may not open it or enter it, ScanError for anything else.
     """
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise NamespaceGone(f"{path} is gone", source=path, errno=exc.errno) from exc
+        raise NamespaceGoneError(f"{path} is gone", source=path, errno=exc.errno) from exc
     except PermissionError as exc:
         raise NamespaceEntryRefused(
             f"cannot open {path}: {exc.strerror} (another user's process needs CAP_SYS_PTRACE)",
@@ -70,7 +70,9 @@ def open_in_namespace(path: str, specs: Sequence[SocketSpec]) -> list[socket.soc
             errno=exc.errno,
         ) from exc
     except OSError as exc:
-        raise ScanError(f"cannot open {path}: {exc.strerror}", source=path, errno=exc.errno) from exc
+        raise ScanError(
+            f"cannot open {path}: {exc.strerror}", source=path, errno=exc.errno
+        ) from exc
     try:
         return _open_from_helper_thread(target, path, specs)
     finally:
