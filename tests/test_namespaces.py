@@ -170,6 +170,7 @@ def test_exposure_from_the_addresses_a_namespace_holds(netns: None) -> None:
 _WITHOUT_SETNS = """
 import json, sys
 from portwatchd.sources.nsopen import SOCK_DIAG, NamespaceEntryRefused, open_in_namespace
+from portwatchd.sources.procnet import ProcScanner
 pid, inode = int(sys.argv[1]), int(sys.argv[2])
 try:
     open_in_namespace(f"/proc/{pid}/ns/net", (SOCK_DIAG,))
