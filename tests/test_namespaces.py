@@ -23,6 +23,7 @@ from portwatchd.exposure import exposure_of
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.netns import discover, host_netns
 from portwatchd.sources.nsaddr import InterfaceNames, RouteTables
+from portwatchd.sources.nsscan import NamespaceScanners
 from portwatchd.sources.nsopen import (
     ROUTE,
     SOCK_DIAG,
@@ -170,6 +171,8 @@ def test_exposure_from_the_addresses_a_namespace_holds(netns: None) -> None:
 _WITHOUT_SETNS = """
 import json, sys
 from portwatchd.sources.nsopen import SOCK_DIAG, NamespaceEntryRefused, open_in_namespace
+from portwatchd.sources.netns import discover, host_netns
+from portwatchd.sources.nsscan import NamespaceScanners
 from portwatchd.sources.procnet import ProcScanner
 pid, inode = int(sys.argv[1]), int(sys.argv[2])
 try:
@@ -178,7 +181,18 @@ try:
 except NamespaceEntryRefused as error:
     refused = str(error)
 found = ProcScanner(f"/proc/{pid}", netns=inode).scan()
-print(json.dumps({"refused": refused, "found": [[e.address, e.port, e.netns] for e in found]}))
+scanners = NamespaceScanners(host_netns())
+scanners.sync(discover())
+source = scanners.sources[inode]
+scanned, failed = scanners.scan()
+print(json.dumps({
+    "refused": refused,
+    "found": [[e.address, e.port, e.netns] for e in found],
+    "kind": source.kind,
+    "reason": source.fallback_reason,
+    "scanned": [[e.address, e.port, e.netns] for e in scanned[inode]],
+    "failed": [str(error) for error in failed.values()],
+}))
 """
 
 
@@ -198,6 +212,8 @@ def test_without_cap_sys_admin_the_namespace_is_read_through_proc(netns: None) -
         result = json.loads(run.stdout)
     assert "CAP_SYS_ADMIN" in result["refused"]
     assert result["found"] == [["127.0.0.1", PORT, inode]]
+    assert (result["kind"], result["scanned"]) == ("proc", [["127.0.0.1", PORT, inode]])
+    assert "CAP_SYS_ADMIN" in result["reason"]
 
 
 def test_a_namespace_gone_is_named_so_and_no_longer_discovered(netns: None) -> None:
@@ -211,3 +227,31 @@ def test_a_namespace_gone_is_named_so_and_no_longer_discovered(netns: None) -> N
     tables.close()
     with pytest.raises(NamespaceGoneError, match="is gone"):
         open_in_namespace(path, (SOCK_DIAG,))
+
+
+def test_namespace_scanners_follow_discovery(host_listener: socket.socket) -> None:
+    listen = [("tcp", "127.0.0.1", PORT, ""), ("udp", "::", PORT, "")]
+    scanners = NamespaceScanners(host_netns())
+    try:
+        with ip_netns() as name, holding(listen, in_ip_netns(name)) as holder:
+            inode = holder.netns
+            first = scanners.sync(discover())
+            assert inode in first.opened
+            assert host_netns() not in scanners.sources
+            assert scanners.sources[inode].kind == "netlink"
+            assert scanners.sync(discover()).opened == []
+            found, failed = scanners.scan()
+            assert inode not in failed
+            assert sorted((e.proto, e.address, e.port, e.netns) for e in found[inode]) == [
+                ("tcp", "127.0.0.1", PORT, inode),
+                ("udp", "::", PORT, inode),
+            ]
+            addresses = scanners.addresses(inode)
+            assert addresses is not None
+            assert ("lo", "127.0.0.1") in [(a.interface, a.address) for a in addresses]
+        # The process ended and the mount is gone: the kept sockets must go too.
+        gone = scanners.sync(discover())
+        assert inode in gone.closed
+        assert inode not in scanners.sources
+    finally:
+        scanners.close()

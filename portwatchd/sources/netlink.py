@@ -73,6 +73,10 @@ class InterfaceLookup(Protocol):
     def forget(self) -> None: ...
 
 
+def new_receive_buffer() -> bytearray:
+    return bytearray(RECEIVE_BUFFER_BYTES)
+
+
 def _open_diag_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
 
@@ -111,14 +115,18 @@ class NetlinkScanner:
         *,
         netns: int = 0,
         interface_names: InterfaceLookup | None = None,
+        receive_buffer: bytearray | None = None,
     ) -> None:
+        """`receive_buffer` (RECEIVE_BUFFER_BYTES) may be shared by scanners
+        that never scan at the same time: one per namespace, scanned in turn,
+        need not hold 64 KiB each."""
         self._socket_factory = socket_factory or _open_diag_socket
         self.netns = netns
         self._lookup_interface = interface_names
         # id(unstamped) -> (unstamped, stamped): the unstamped endpoint is
         # held, so its id cannot be reused while the entry lives.
         self._stamped: dict[int, tuple[Endpoint, Endpoint]] = {}
-        self._buffer = bytearray(RECEIVE_BUFFER_BYTES)
+        self._buffer = receive_buffer if receive_buffer is not None else new_receive_buffer()
         self._view = memoryview(self._buffer)
         self._request = bytearray(REQUEST.size)
         self._interface_names: dict[int, str] = {}

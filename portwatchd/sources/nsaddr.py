@@ -73,7 +73,11 @@ def _attributes(data: memoryview, offset: int, end: int) -> Iterator[tuple[int, 
 
 
 def _messages(data: memoryview, seq: int) -> Iterator[tuple[int, int, int]]:
-    """(type, body offset, end) of each message; stops after NLMSG_DONE."""
+    """(type, body offset, end) of each message of dump `seq`.
+
+    Messages of another sequence number are the rest of an earlier dump
+    that failed half-way: skipped, so that the socket drains itself.
+    """
     offset = 0
     while offset < len(data):
         if len(data) - offset < NLMSGHDR.size:
@@ -81,9 +85,10 @@ def _messages(data: memoryview, seq: int) -> Iterator[tuple[int, int, int]]:
         length, kind, _flags, got_seq, _pid = NLMSGHDR.unpack_from(data, offset)
         if length < NLMSGHDR.size or length > len(data) - offset:
             raise ParseError(f"message length {length} does not fit", source=SOURCE, offset=offset)
-        if got_seq != seq:
-            raise ParseError(f"sequence {got_seq}, expected {seq}", source=SOURCE, offset=offset)
         body = offset + NLMSGHDR.size
+        if got_seq != seq:
+            offset = (offset + length + 3) & ~3
+            continue
         if kind in (NLMSG_ERROR, NLMSG_DONE):
             (error,) = ERRNO.unpack_from(data, body) if length >= NLMSGHDR.size + 4 else (0,)
             if error < 0:
@@ -134,7 +139,6 @@ class RouteTables:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buffer = bytearray(RECEIVE_BUFFER_BYTES)
         self._seq = 0
         sock.setsockopt(
             socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", REPLY_TIMEOUT_S, 0)
@@ -151,16 +155,20 @@ class RouteTables:
             raise ScanError(f"rtnetlink request failed: {exc.strerror}", source=SOURCE) from exc
         return self._seq
 
-    def _datagrams(self, seq: int) -> Iterator[memoryview]:
-        view = memoryview(self._buffer)
+    def _datagrams(self) -> Iterator[memoryview]:
+        # A buffer per dump, not per socket: dumps are rare (an unknown
+        # interface index, a refresh of addresses) and a namespace's kept
+        # sockets should cost next to no memory.
+        buffer = bytearray(RECEIVE_BUFFER_BYTES)
+        view = memoryview(buffer)
         while True:
             try:
-                size = self._sock.recv_into(self._buffer, 0, socket.MSG_TRUNC)
+                size = self._sock.recv_into(buffer, 0, socket.MSG_TRUNC)
             except OSError as exc:  # EAGAIN after SO_RCVTIMEO, ENOBUFS...
                 raise ScanError(
                     f"rtnetlink dump failed: {exc.strerror}", source=SOURCE, errno=exc.errno
                 ) from exc
-            if size > len(self._buffer):
+            if size > len(buffer):
                 raise ParseError(f"datagram of {size} bytes exceeds the buffer", source=SOURCE)
             yield view[:size]
 
@@ -168,7 +176,7 @@ class RouteTables:
         """Interface index -> name, in the socket's namespace."""
         seq = self._request(RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
         names: dict[int, str] = {}
-        for datagram in self._datagrams(seq):
+        for datagram in self._datagrams():
             part, done = parse_links(datagram, seq)
             names.update(part)
             if done:
@@ -179,7 +187,7 @@ class RouteTables:
         """Every IPv4 and IPv6 address in the socket's namespace, with its interface."""
         seq = self._request(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
         raw: list[tuple[int, str, Family]] = []
-        for datagram in self._datagrams(seq):
+        for datagram in self._datagrams():
             part, done = parse_addresses(datagram, seq)
             raw += part
             if done:
