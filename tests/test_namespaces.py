@@ -23,7 +23,6 @@ from portwatchd.exposure import exposure_of
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.netns import discover, host_netns
 from portwatchd.sources.nsaddr import InterfaceNames, RouteTables
-from portwatchd.sources.nsscan import NamespaceScanners
 from portwatchd.sources.nsopen import (
     ROUTE,
     SOCK_DIAG,
@@ -31,6 +30,7 @@ from portwatchd.sources.nsopen import (
     open_in_namespace,
     socket_factory,
 )
+from portwatchd.sources.nsscan import NamespaceScanners
 from tests.namespaces import UNSHARE_NET, holding, in_ip_netns, ip, ip_netns
 
 PORT = 7777
