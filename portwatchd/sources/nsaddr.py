@@ -51,6 +51,7 @@ NLM_F_DUMP: Final = 0x300
 RECEIVE_BUFFER_BYTES: Final = 1 << 16
 REPLY_TIMEOUT_S: Final = 5
 _FAMILIES: Final[dict[int, Family]] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_ADDRESS_BYTES: Final = {socket.AF_INET: 4, socket.AF_INET6: 16}
 
 
 class NamespaceAddress(NamedTuple):
@@ -127,6 +128,8 @@ def parse_addresses(data: memoryview, seq: int) -> tuple[list[tuple[int, str, Fa
         attrs = dict(_attributes(data, body + IFADDRMSG.size, end))
         raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
         if raw is not None:
+            if len(raw) != _ADDRESS_BYTES[family]:
+                raise ParseError(f"address of {len(raw)} bytes", source=SOURCE, offset=body)
             found.append((index, socket.inet_ntop(family, bytes(raw)), _FAMILIES[family]))
     return found, False
 
