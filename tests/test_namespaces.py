@@ -22,7 +22,7 @@ import pytest
 from portwatchd.exposure import exposure_of
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.netns import discover, host_netns
-from portwatchd.sources.nsaddr import InterfaceNames, RouteTables
+from portwatchd.sources.nsaddr import InterfaceNames, RouteTables, proc_addresses
 from portwatchd.sources.nsopen import (
     ROUTE,
     SOCK_DIAG,
@@ -152,6 +152,12 @@ def test_exposure_from_the_addresses_a_namespace_holds(netns: None) -> None:
         tables = RouteTables(route)
         held = tables.addresses()
         tables.close()
+        with holding([], in_ip_netns(name)) as holder:
+            through_proc = proc_addresses(f"/proc/{holder.pid}")
+        # Without setns, /proc/PID/net tells the same addresses (IPv4 ones without interface).
+        assert sorted(through_proc) == sorted(
+            (a.interface if a.family == "ipv6" else "", a.address, a.family) for a in held
+        )
         assert {(a.interface, a.address) for a in held} >= {
             ("lo", "127.0.0.1"),
             ("pwinner", "10.7.0.1"),
@@ -192,6 +198,7 @@ print(json.dumps({
     "reason": source.fallback_reason,
     "scanned": [[e.address, e.port, e.netns] for e in scanned[inode]],
     "failed": [str(error) for error in failed.values()],
+    "addresses": [[a.address, a.family] for a in scanners.addresses(inode)],
 }))
 """
 
@@ -214,6 +221,7 @@ def test_without_cap_sys_admin_the_namespace_is_read_through_proc(netns: None) -
     assert result["found"] == [["127.0.0.1", PORT, inode]]
     assert (result["kind"], result["scanned"]) == ("proc", [["127.0.0.1", PORT, inode]])
     assert "CAP_SYS_ADMIN" in result["reason"]
+    assert sorted(result["addresses"]) == [["127.0.0.1", "ipv4"], ["::1", "ipv6"]]
 
 
 def test_a_namespace_gone_is_named_so_and_no_longer_discovered(netns: None) -> None:

@@ -21,6 +21,8 @@ from portwatchd.sources.nsaddr import (
     RTM_NEWADDR,
     RTM_NEWLINK,
     parse_addresses,
+    parse_fib_trie,
+    parse_if_inet6,
     parse_links,
 )
 
@@ -68,3 +70,54 @@ def test_any_address_attribute_decodes_or_fails_cleanly(payload: bytes, family: 
     body = IFADDRMSG.pack(family, 24, 0, 0, 1) + attribute(IFA_LOCAL, payload)
     with contextlib.suppress(ScanError):
         parse_addresses(memoryview(message(RTM_NEWADDR, body, seq=0)), 0)
+
+
+FIB_TRIE = """\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 192.0.2.0/24 2 0 2
+        +-- 192.0.2.0/30 2 0 2
+           |-- 192.0.2.0
+              /24 link UNICAST
+           |-- 192.0.2.2
+              /32 host LOCAL
+        |-- 192.0.2.255
+           /32 link BROADCAST
+Local:
+  +-- 0.0.0.0/0 3 0 5
+           |-- 127.0.0.1
+              /32 host LOCAL
+           |-- 192.0.2.2
+              /32 host LOCAL
+"""
+IF_INET6 = """\
+00000000000000000000000000000001 01 80 10 80       lo
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+fd000000000000000000000000000002 04 40 00 82     eth0
+"""
+
+
+def test_proc_files_of_a_recorded_namespace() -> None:
+    assert parse_fib_trie(FIB_TRIE) == ["127.0.0.1", "192.0.2.2"]
+    assert parse_if_inet6(IF_INET6) == [
+        ("lo", "::1"),
+        ("eth0", "fe80::fc:ff:fe00:1"),
+        ("eth0", "fd00::2"),
+    ]
+
+
+@given(st.text(max_size=300))
+def test_any_proc_text_gives_addresses_or_nothing(text: str) -> None:
+    for address in parse_fib_trie(text):
+        assert isinstance(address, str)
+    assert all(len(pair) == 2 for pair in parse_if_inet6(text))

@@ -134,6 +134,71 @@ def parse_addresses(data: memoryview, seq: int) -> tuple[list[tuple[int, str, Fa
     return found, False
 
 
+# -- without NETLINK_ROUTE: /proc/PID/net, for a namespace we may not enter -------
+
+
+def parse_fib_trie(text: str) -> list[str]:
+    """The IPv4 addresses of the namespace, from /proc/net/fib_trie.
+
+    An address the namespace holds is a leaf with a "/32 host LOCAL" entry:
+
+        |-- 192.0.2.2
+           /32 host LOCAL
+
+    The file shows the Main and the Local table: each address once here.
+    The interface is not told.
+    """
+    found: list[str] = []
+    leaf = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|-- "):
+            leaf = stripped[4:]
+        elif leaf is not None and stripped == "/32 host LOCAL" and leaf not in found:
+            found.append(leaf)
+    return found
+
+
+def parse_if_inet6(text: str) -> list[tuple[str, str]]:
+    """(interface, address) of the IPv6 addresses, from /proc/net/if_inet6.
+
+    A line is: 32 hex digits of the address in network order, the interface
+    index, prefix length, scope and flags in hex, then the interface name:
+
+        fd000000000000000000000000000002 04 40 00 82     eth0
+    """
+    found: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 6 or len(fields[0]) != 32:
+            continue
+        try:
+            raw = bytes.fromhex(fields[0])
+        except ValueError:
+            continue
+        found.append((fields[5], socket.inet_ntop(socket.AF_INET6, raw)))
+    return found
+
+
+def proc_addresses(root: str) -> list[NamespaceAddress]:
+    """The addresses of the namespace of process `root` ("/proc/PID"), read
+    from its net/fib_trie and net/if_inet6; IPv4 ones have interface "".
+    Raises ScanError when the files cannot be read (the process exited)."""
+    texts = []
+    for name in ("fib_trie", "if_inet6"):
+        path = f"{root}/net/{name}"
+        try:
+            with open(path, encoding="ascii", errors="replace") as file:
+                texts.append(file.read())
+        except FileNotFoundError:
+            texts.append("")  # if_inet6 is absent when IPv6 is off
+        except OSError as exc:
+            raise ScanError(f"cannot read {path}: {exc.strerror}", source=path) from exc
+    ipv4 = [NamespaceAddress("", address, "ipv4") for address in parse_fib_trie(texts[0])]
+    ipv6 = [NamespaceAddress(name, address, "ipv6") for name, address in parse_if_inet6(texts[1])]
+    return ipv4 + ipv6
+
+
 class RouteTables:
     """Dumps links and addresses through one NETLINK_ROUTE socket (any namespace's).
 

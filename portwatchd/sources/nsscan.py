@@ -25,7 +25,12 @@ from portwatchd.model import Endpoint
 from portwatchd.sources.base import ScanError, Scanner
 from portwatchd.sources.netlink import NetlinkScanner, new_receive_buffer
 from portwatchd.sources.netns import Namespace
-from portwatchd.sources.nsaddr import InterfaceNames, NamespaceAddress, RouteTables
+from portwatchd.sources.nsaddr import (
+    InterfaceNames,
+    NamespaceAddress,
+    RouteTables,
+    proc_addresses,
+)
 from portwatchd.sources.nsopen import (
     ROUTE,
     SOCK_DIAG,
@@ -156,11 +161,18 @@ class NamespaceScanners:
         return found, failed
 
     def addresses(self, inode: int) -> list[NamespaceAddress] | None:
-        """The addresses namespace `inode` holds; None where they cannot be
-        read (the proc fallback, or an unknown namespace)."""
+        """The addresses namespace `inode` holds (for exposure.exposure_of);
+        None for a namespace not known here. Raises ScanError.
+
+        Through the proc fallback IPv4 addresses carry no interface, which
+        does not matter there: /proc tells no socket's device either.
+        """
         source = self.sources.get(inode)
-        if source is None or source.tables is None:
+        if source is None:
             return None
+        if source.tables is None:
+            assert isinstance(source.scanner, ProcScanner)
+            return proc_addresses(source.scanner.root)
         return source.tables.addresses()
 
     def close(self) -> None:
