@@ -114,6 +114,8 @@ def _add_processes(found: Discovered, proc_root: str) -> None:
                 continue
             except OSError:
                 continue  # the process exited (ENOENT) or is a zombie (no ns)
+            if not link.startswith(_LINK_PREFIX):
+                continue  # not a network namespace link: nothing to name it by
             inode = int(link[len(_LINK_PREFIX) : -1])
             pid = int(entry)
             namespace = found.get(inode)
