@@ -10,6 +10,7 @@ import pytest
 
 import portwatchd.containers as containers_module
 from portwatchd.containers import Container, container_of
+from portwatchd.sources.netns import read_cgroup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cgroup"
 DOCKER_ID = "4f0c1d2e3b4a5968778695a4b3c2d1e0f0e1d2c3b4a5968778695a4b3c2d1e0f"
@@ -81,7 +82,8 @@ def test_container_of_a_process_moved_into_a_real_cgroup(
     leaf.mkdir(parents=True)
     try:
         (leaf / "cgroup.procs").write_text(f"{sleeper}\n")
-        text = Path(f"/proc/{sleeper}/cgroup").read_text()
+        text = read_cgroup(sleeper)
+        assert text is not None
         assert f"/pwt{os.getpid()}/{cgroup}" in text
         assert container_of(text) == expected
     finally:

@@ -125,3 +125,13 @@ def _add_processes(found: Discovered, proc_root: str) -> None:
             namespace.pids.append(pid)
     finally:
         os.close(directory)
+
+
+def read_cgroup(pid: int, proc_root: str = "/proc") -> str | None:
+    """The text of /proc/PID/cgroup (for containers.container_of); None when
+    the process is gone or we may not read it."""
+    try:
+        with open(f"{proc_root}/{pid}/cgroup", encoding="utf-8", errors="surrogateescape") as file:
+            return file.read()
+    except OSError:
+        return None
