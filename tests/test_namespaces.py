@@ -109,6 +109,7 @@ def test_each_namespace_scan_sees_its_own_listener_only(host_listener: socket.so
             scanner, tables = namespace_scanner(path, holder.netns)
             with scanner:
                 (endpoint,) = scanner.scan()
+                assert scanner.scan() == [endpoint]  # the unchanged dump, reused, stays stamped
             tables.close()
             assert (endpoint.address, endpoint.port, endpoint.netns) == (
                 "127.0.0.1",
