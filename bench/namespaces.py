@@ -9,6 +9,14 @@ by default); more children, which only sleep, bring the processes in
     look       one scan of every namespace, in turn   target <= 15 ms
     discover   sources/netns.discover() over /proc    target <= 5 ms
     rss        VmRSS added by the kept sources        target <= 2 MB
+    look_busy  the same look while a sibling namespace holds
+               `--ns-neighbours` TCP listeners (and a tenth as many UDP
+               sockets): no target, the cost on a busy host
+
+A dump walks the kernel's socket hash tables, which every namespace
+shares, skipping the sockets of other namespaces: one namespace's scan
+costs in proportion to the sockets of the whole host. So `look` depends
+on what else runs on the machine, and `look_busy` shows by how much.
 
 It checks that every namespace's scan saw exactly its own listeners,
 stamped with its inode. Times are CPU time of the benchmark thread
@@ -27,13 +35,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bench.netns import CLONE_NEWNET
+from bench.load import ListenerLoad
+from bench.netns import CLONE_NEWNET, sibling_netns
 from bench.section import Check, SectionResult, format_ms, format_table
 from bench.timing import CLOCKS, Timing, time_methods
 from portwatchd.sources.netns import discover, host_netns
 from portwatchd.sources.nsscan import NamespaceScanners
 
-DEFAULTS = {"ns_count": 100, "ns_listeners": 10, "ns_processes": 1000, "ns_budget": 3.0}
+DEFAULTS = {
+    "ns_count": 100,
+    "ns_listeners": 10,
+    "ns_processes": 1000,
+    "ns_budget": 3.0,
+    "ns_neighbours": 10_000,
+}
 TARGET_LOOK_MS = 15.0
 TARGET_DISCOVER_MS = 5.0
 TARGET_RSS_BYTES = 2 * 1024 * 1024
@@ -118,6 +133,12 @@ class NamespacesSection:
             help="processes in /proc during discovery (sleeping children make up the rest)",
         )
         group.add_argument("--ns-budget", type=float, default=DEFAULTS["ns_budget"])
+        group.add_argument(
+            "--ns-neighbours",
+            type=int,
+            default=DEFAULTS["ns_neighbours"],
+            help="TCP listeners in a sibling namespace for look_busy (0: not measured)",
+        )
 
     def run(self, args: argparse.Namespace, out: TextIO) -> SectionResult:
         count, listeners = args.ns_count, args.ns_listeners
@@ -159,6 +180,17 @@ class NamespacesSection:
                 wall = time_methods(
                     {"look": scanners.scan, "discover": discover}, budget_s=args.ns_budget / 3
                 )
+                if args.ns_neighbours:
+                    with sibling_netns():
+                        neighbours = ListenerLoad(args.ns_neighbours, args.ns_neighbours // 10)
+                    with neighbours:
+                        busy = time_methods(
+                            {"look": scanners.scan},
+                            budget_s=args.ns_budget / 3,
+                            min_reps=3,
+                            clock=CLOCKS["cpu"],
+                        )
+                    timings["look_busy"] = busy["look"]
             finally:
                 scanners.close()
         return _report(
@@ -186,8 +218,8 @@ def _report(
 ) -> SectionResult:
     rows = [
         [name, format_ms(cpu[name].median_ms), format_ms(cpu[name].p90_ms),
-         format_ms(wall[name].median_ms), str(cpu[name].reps)]
-        for name in ("look", "discover")
+         format_ms(wall[name].median_ms if name in wall else None), str(cpu[name].reps)]
+        for name in cpu
     ]  # fmt: skip
     print(format_table(["what", "cpu ms", "cpu p90", "wall ms", "reps"], rows), file=out)
     print(f"  {processes} processes in /proc; RSS added by {count} namespace sources: "
@@ -195,8 +227,8 @@ def _report(
     records: list[dict[str, Any]] = [
         {"section": "namespaces", "what": name, "namespaces": count, "listeners": listeners,
          "processes": processes, "cpu_median_ms": cpu[name].median_ms,
-         "wall_median_ms": wall[name].median_ms}
-        for name in ("look", "discover")
+         "wall_median_ms": wall[name].median_ms if name in wall else None}
+        for name in cpu
     ]  # fmt: skip
     records.append({"section": "namespaces", "what": "rss", "bytes": added, "namespaces": count})
     look, found = cpu["look"].median_ms, cpu["discover"].median_ms
