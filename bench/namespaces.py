@@ -172,25 +172,7 @@ class NamespacesSection:
                     )
                     and len(looked) == count
                 )
-                timings = time_methods(
-                    {"look": scanners.scan, "discover": discover},
-                    budget_s=args.ns_budget,
-                    clock=CLOCKS["cpu"],
-                )
-                wall = time_methods(
-                    {"look": scanners.scan, "discover": discover}, budget_s=args.ns_budget / 3
-                )
-                if args.ns_neighbours:
-                    with sibling_netns():
-                        neighbours = ListenerLoad(args.ns_neighbours, args.ns_neighbours // 10)
-                    with neighbours:
-                        busy = time_methods(
-                            {"look": scanners.scan},
-                            budget_s=args.ns_budget / 3,
-                            min_reps=3,
-                            clock=CLOCKS["cpu"],
-                        )
-                    timings["look_busy"] = busy["look"]
+                timings, wall = _time_looks(scanners, args)
             finally:
                 scanners.close()
         return _report(
@@ -203,6 +185,27 @@ class NamespacesSection:
             cpu=timings,
             wall=wall,
         )
+
+
+def _time_looks(
+    scanners: NamespaceScanners, args: argparse.Namespace
+) -> tuple[dict[str, Timing], dict[str, Timing]]:
+    """CPU and wall timings of the look and of discovery; look_busy by CPU too."""
+    methods = {"look": scanners.scan, "discover": discover}
+    cpu = time_methods(methods, budget_s=args.ns_budget, clock=CLOCKS["cpu"])
+    wall = time_methods(methods, budget_s=args.ns_budget / 3)
+    if args.ns_neighbours:
+        with sibling_netns():
+            neighbours = ListenerLoad(args.ns_neighbours, args.ns_neighbours // 10)
+        with neighbours:
+            busy = time_methods(
+                {"look": scanners.scan},
+                budget_s=args.ns_budget / 3,
+                min_reps=3,
+                clock=CLOCKS["cpu"],
+            )
+        cpu["look_busy"] = busy["look"]
+    return cpu, wall
 
 
 def _report(
