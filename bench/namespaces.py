@@ -30,7 +30,7 @@ import ctypes
 import gc
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -191,7 +191,7 @@ def _time_looks(
     scanners: NamespaceScanners, args: argparse.Namespace
 ) -> tuple[dict[str, Timing], dict[str, Timing]]:
     """CPU and wall timings of the look and of discovery; look_busy by CPU too."""
-    methods = {"look": scanners.scan, "discover": discover}
+    methods: dict[str, Callable[[], object]] = {"look": scanners.scan, "discover": discover}
     cpu = time_methods(methods, budget_s=args.ns_budget, clock=CLOCKS["cpu"])
     wall = time_methods(methods, budget_s=args.ns_budget / 3)
     if args.ns_neighbours:
