@@ -23,6 +23,7 @@ from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
 from bench.daemon_store import SECTION as DAEMON_STORE_SECTION
 from bench.load import LoadError
+from bench.namespaces import SECTION as NAMESPACES_SECTION
 from bench.netns import NetnsError, enter_private_netns
 from bench.scan import SECTION as SCAN_SECTION
 from bench.section import Check, Section
@@ -36,6 +37,7 @@ SECTIONS: dict[str, Section] = {
 SECTIONS[CLIENT_SECTION.name] = CLIENT_SECTION
 SECTIONS[DAEMON_STORE_SECTION.name] = DAEMON_STORE_SECTION
 SECTIONS[CHURN_SECTION.name] = CHURN_SECTION
+SECTIONS[NAMESPACES_SECTION.name] = NAMESPACES_SECTION
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1

@@ -26,7 +26,8 @@ from typing import Any
 from portwatchd.config_build import FileSettings, KeyOrigin, Setting, file_settings
 from portwatchd.config_schema import SOCKET, TOP_LEVEL, ConfigError, InvalidValueError, suggest
 from portwatchd.config_toml import MAX_CONFIG_BYTES, read_config_text
-from portwatchd.model import Endpoint, EventType, Owner
+from portwatchd.expect import ExpectRule, is_expected
+from portwatchd.model import Endpoint, EventType, Owner, Place
 from portwatchd.policy import IgnoreRule, is_ignored
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "OVERRIDE_OPTIONS",
     "Config",
     "ConfigError",
+    "ExpectRule",
     "IgnoreRule",
     "KeyOrigin",
     "SocketConfig",
@@ -88,6 +90,9 @@ class Config:
     metrics_textfile: str = ""
     socket: SocketConfig = field(default_factory=SocketConfig)
     ignore: tuple[IgnoreRule, ...] = ()
+    # Which network namespaces to watch: "all", or "host" (the daemon's own only).
+    namespaces: str = "all"
+    expect: tuple[ExpectRule, ...] = ()
     source: str | None = None  # the main file read, None when running without one
     sources: tuple[str, ...] = ()  # every file read: the main file, then the drop-ins
     # For the log at start and reload: "file:line: key: message" (a deprecated key).
@@ -108,6 +113,10 @@ class Config:
     ) -> bool:
         """Whether an [[ignore]] rule matches this endpoint (and its owner) for this event type."""
         return is_ignored(self.ignore, endpoint, owner, event)
+
+    def is_expected(self, endpoint: Endpoint, owner: Owner | None, place: Place) -> bool | None:
+        """Whether an [[expect]] rule accepts this listener; None without rules."""
+        return is_expected(self.expect, endpoint, owner, place)
 
     def origin(self, field_path: str) -> KeyOrigin:
         """Where `field_path` ("socket.group") was set; the main file when
@@ -187,6 +196,7 @@ def _collect(path: str | None, overrides: Mapping[str, Any]) -> tuple[Config, li
         **{name: setting.value for name, setting in top.items()},
         socket=SocketConfig(**{name: setting.value for name, setting in socket.items()}),
         ignore=tuple(rule for file in files for rule in file.rules),
+        expect=tuple(rule for file in files for rule in file.expect),
         source=main if main_file is not None else None,
         sources=tuple(file.source for file in files),
         warnings=tuple(warning for file in files for warning in file.warnings),

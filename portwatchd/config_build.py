@@ -25,7 +25,14 @@ from portwatchd.config_schema import (
     suggest,
 )
 from portwatchd.config_toml import KeyLines, KeyPath, parse_toml
+from portwatchd.expect import EXPECT_KEYS, ExpectRule
 from portwatchd.policy import IGNORE_KEYS, IgnoreRule
+
+# [[table]] name -> (its keys, the rule it builds, what an empty rule would do)
+RULE_TABLES: dict[str, tuple[dict[str, tuple[str, Check]], type[Any], str]] = {
+    "ignore": (IGNORE_KEYS, IgnoreRule, "ignore everything"),
+    "expect": (EXPECT_KEYS, ExpectRule, "expect everything"),
+}
 
 
 class KeyOrigin(NamedTuple):
@@ -51,6 +58,7 @@ class FileSettings:
     top: dict[str, Setting] = field(default_factory=dict)
     socket: dict[str, Setting] = field(default_factory=dict)
     rules: list[IgnoreRule] = field(default_factory=list)
+    expect: list[ExpectRule] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -104,8 +112,8 @@ class _FileWalker:
                 self.top_key(key, value, document)
             elif key == "socket":
                 self.socket_table(value)
-            elif key == "ignore":
-                self.ignore_rules(value)
+            elif key in RULE_TABLES:
+                self.rule_tables(key, value)
             elif key in SOCKET:
                 self.fail((key,), f"unknown key; write socket.{key}, or put it under [socket]")
             else:
@@ -152,39 +160,42 @@ class _FileWalker:
             if valid:
                 self.settings.socket[field_name] = Setting(checked, self.origin(path))
 
-    def ignore_rules(self, rules: object) -> None:
+    def rule_tables(self, table: str, rules: object) -> None:
+        """[[ignore]] or [[expect]]: every valid rule into settings.rules or .expect."""
         if not isinstance(rules, list):
             self.fail(
-                ("ignore",),
-                f"must be an array of tables ([[ignore]]), got {describe_value(rules)}",
+                (table,),
+                f"must be an array of tables ([[{table}]]), got {describe_value(rules)}",
             )
             return
+        built_rules = self.settings.rules if table == "ignore" else self.settings.expect
         for index, rule in enumerate(rules):
-            built = self.ignore_rule(index, rule)
+            built = self.rule(table, index, rule)
             if built is not None:
-                self.settings.rules.append(built)
+                built_rules.append(built)
 
-    def ignore_rule(self, index: int, rule: object) -> IgnoreRule | None:
+    def rule(self, table: str, index: int, rule: object) -> Any:
         """The rule, or None when any of its keys is wrong: half a rule
-        would ignore more than was meant."""
-        path: KeyPath = ("ignore", index)
+        would match more than was meant."""
+        keys, rule_type, empty_means = RULE_TABLES[table]
+        path: KeyPath = (table, index)
         if not isinstance(rule, dict):
-            self.fail(path, f"must be a table ([[ignore]]), got {describe_value(rule)}")
+            self.fail(path, f"must be a table ([[{table}]]), got {describe_value(rule)}")
             return None
         if not rule:
-            listed = ", ".join(IGNORE_KEYS)
-            self.fail(path, f"an empty rule would ignore everything; give any of {listed}")
+            listed = ", ".join(keys)
+            self.fail(path, f"an empty rule would {empty_means}; give any of {listed}")
             return None
         fields: dict[str, Any] = {}
         complete = True
         for key, value in rule.items():
-            if key not in IGNORE_KEYS:
-                self.fail((*path, key), f"unknown key{suggest(key, IGNORE_KEYS)}")
+            if key not in keys:
+                self.fail((*path, key), f"unknown key{suggest(key, keys)}")
                 complete = False
                 continue
-            name, check = IGNORE_KEYS[key]
+            name, check = keys[key]
             valid, fields[name] = self.check((*path, key), check, value)
             complete = complete and valid
         if not complete:
             return None
-        return IgnoreRule(**fields, line=self.lines.line_of(path), source=self.settings.source)
+        return rule_type(**fields, line=self.lines.line_of(path), source=self.settings.source)

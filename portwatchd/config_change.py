@@ -13,7 +13,18 @@ from portwatchd.config import Config, SocketConfig
 from portwatchd.config_schema import number_text
 
 # The parts a reload applies, in the order to apply them.
-PARTS = ("interval", "restarts", "owners", "history", "ignore", "metrics", "backend", "socket")
+PARTS = (
+    "interval",
+    "restarts",
+    "owners",
+    "history",
+    "ignore",
+    "expect",
+    "metrics",
+    "backend",
+    "namespaces",
+    "socket",
+)
 # Keys read at start only: a reload names them and leaves them be.
 RESTART_ONLY = ("state_dir", "log_target", "log_format")
 _PART_KEYS = {
@@ -22,6 +33,8 @@ _PART_KEYS = {
     "owners": ("owners",),
     "history": ("history_size", "history_max_age"),
     "ignore": ("ignore",),
+    "expect": ("expect",),
+    "namespaces": ("namespaces",),
     "metrics": ("metrics_textfile",),
     "backend": ("backend",),
     "socket": tuple(f"socket.{item.name}" for item in fields(SocketConfig)),
@@ -75,6 +88,8 @@ class ConfigChange:
     def _describe_key(self, key: str) -> str:
         if key == "ignore":
             return f"ignore rules {len(self.old.ignore)} -> {len(self.new.ignore)} (changed)"
+        if key == "expect":
+            return f"expect rules {len(self.old.expect)} -> {len(self.new.expect)} (changed)"
         return f"{key} {_value_text(key, self.old)} -> {_value_text(key, self.new)}"
 
 
@@ -91,6 +106,7 @@ def diff_config(old: Config, new: Config) -> ConfigChange:
             "history_size",
             "history_max_age",
             "metrics_textfile",
+            "namespaces",
             "state_dir",
             "log_target",
             "log_format",
@@ -104,6 +120,8 @@ def diff_config(old: Config, new: Config) -> ConfigChange:
     ]
     if _rules(old) != _rules(new):
         keys.append("ignore")
+    if [rule.what() for rule in old.expect] != [rule.what() for rule in new.expect]:
+        keys.append("expect")
     return ConfigChange(old, new, tuple(keys))
 
 

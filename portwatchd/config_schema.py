@@ -239,6 +239,7 @@ TOP_LEVEL: dict[str, tuple[str, Check]] = {
     "history_size": ("history_size", integer(1, HISTORY_SIZE_MAX)),
     "history_max_age": ("history_max_age_s", max_age(1, HISTORY_MAX_AGE_MAX_S)),
     "metrics_textfile": ("metrics_textfile", absolute_path_or_empty),
+    "namespaces": ("namespaces", choice("all", "host")),
 }
 # Old names still read, with a warning: old name -> the key it now means.
 ALIASES: dict[str, str] = {"ring_size": "history_size"}
@@ -249,4 +250,4 @@ SOCKET: dict[str, tuple[str, Check]] = {
     "max_clients": ("max_clients", integer(1, 4096)),
     "idle_timeout": ("idle_timeout", seconds(1, 86400)),
 }
-TABLES = ("socket", "ignore")
+TABLES = ("socket", "ignore", "expect")

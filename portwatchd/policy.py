@@ -51,7 +51,7 @@ class IgnoreRule:
             return False
         if self.ports and not any(low <= endpoint.port <= high for low, high in self.ports):
             return False
-        if self.networks and not _address_in(endpoint.address, self.networks):
+        if self.networks and not address_in(endpoint.address, self.networks):
             return False
         if self.process is not None and (owner is None or owner.comm != self.process):
             return False
@@ -89,7 +89,7 @@ def is_ignored(
     return any(rule.matches(endpoint, owner, event) for rule in rules)
 
 
-def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+def address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
@@ -127,7 +127,7 @@ def _one_port(value: object) -> tuple[int, int]:
     )
 
 
-def _ports(value: object) -> tuple[tuple[int, int], ...]:
+def check_ports(value: object) -> tuple[tuple[int, int], ...]:
     if isinstance(value, list):
         if not value:
             raise InvalidValueError("must not be an empty array")
@@ -149,7 +149,7 @@ def _one_network(value: object) -> IPNetwork:
         raise InvalidValueError(f'"{text}" has host bits set; did you mean "{loose}"?') from error
 
 
-def _networks(value: object) -> tuple[IPNetwork, ...]:
+def check_networks(value: object) -> tuple[IPNetwork, ...]:
     if isinstance(value, list):
         if not value:
             raise InvalidValueError("must not be an empty array")
@@ -169,7 +169,7 @@ def _process(value: object) -> str:
     return text
 
 
-def _unit(value: object) -> str:
+def check_unit(value: object) -> str:
     text = string(value)
     if not text:
         raise InvalidValueError("must not be empty")
@@ -187,10 +187,10 @@ def _events(value: object) -> tuple[str, ...]:
 
 # [[ignore]] key -> (IgnoreRule field, check)
 IGNORE_KEYS: dict[str, tuple[str, Check]] = {
-    "port": ("ports", _ports),
-    "address": ("networks", _networks),
+    "port": ("ports", check_ports),
+    "address": ("networks", check_networks),
     "proto": ("proto", choice(*PROTOS)),
     "process": ("process", _process),
-    "unit": ("unit", _unit),
+    "unit": ("unit", check_unit),
     "event": ("events", _events),
 }

@@ -122,6 +122,10 @@ class Reloader:
             return self._apply_backend(runner, running, new)
         if part == "socket":
             return self._apply_socket(running, new)
+        if part == "expect":  # read from runner.config where events are judged
+            return replace(running, expect=new.expect), None
+        if part == "namespaces":  # read from runner.config at the next discovery
+            return replace(running, namespaces=new.namespaces), None
         raise ValueError(f"unknown configuration part {part!r}")
 
     def _apply_backend(

@@ -204,6 +204,7 @@ def test_shipped_default_file_shows_every_key_with_its_default(tmp_path: Path) -
             "backend",
             "owners",
             "metrics_textfile",
+            "namespaces",
             "state_dir",
             "log_target",
             "log_format",

@@ -7,6 +7,7 @@ import pytest
 
 from portwatchd.config import Config, SocketConfig, load_config
 from portwatchd.config_change import PARTS, RESTART_ONLY, diff_config
+from portwatchd.expect import ExpectRule
 from portwatchd.policy import IgnoreRule
 
 
@@ -97,6 +98,8 @@ def test_parts_come_in_the_order_to_apply_them() -> None:
         metrics_textfile="/run/metrics/portwatchd.prom",
         socket=SocketConfig(max_clients=3),
         ignore=(IgnoreRule(proto="udp"),),
+        expect=(ExpectRule(ports=((22, 22),)),),
+        namespaces="host",
     )
     assert diff_config(Config(), new).parts == PARTS
 

@@ -5,6 +5,12 @@ SOCK_DIAG_BY_FAMILY dump requests (TCP and UDP, IPv4 and IPv6) and decodes
 the `struct inet_diag_msg` replies with `netlink_parse.parse_dump`, a pure
 function of the received bytes (the kernel facts it relies on, and a reply
 decoded byte by byte, are in that module's docstring).
+
+sock_diag answers for the network namespace the socket was made in. A
+scanner for another namespace takes a factory that makes its socket
+there (nsopen.socket_factory), the namespace's inode to stamp on every
+endpoint (`netns`), and that namespace's interface names
+(nsaddr.InterfaceNames): if_indextoname() would answer for ours.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import errno as errno_codes
 import socket
 import struct
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from dataclasses import replace
+from typing import Final, NamedTuple, Protocol
 
 from portwatchd.model import Endpoint, Proto
 from portwatchd.sources.base import UNAVAILABLE_ERRNOS, ParseError, ScanError, SourceUnavailable
@@ -58,6 +65,18 @@ ENOBUFS_RETRIES: Final = 3
 REUSE_SLACK: Final = 1024
 
 
+class InterfaceLookup(Protocol):
+    """Index -> name in the scanned namespace; `forget` starts a new scan."""
+
+    def __call__(self, index: int) -> str: ...
+
+    def forget(self) -> None: ...
+
+
+def new_receive_buffer() -> bytearray:
+    return bytearray(RECEIVE_BUFFER_BYTES)
+
+
 def _open_diag_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
 
@@ -90,9 +109,24 @@ class NetlinkScanner:
     # bucket between two chunks) was not seen to miss it twice running.
     rereads_independent = True
 
-    def __init__(self, socket_factory: Callable[[], socket.socket] | None = None) -> None:
+    def __init__(
+        self,
+        socket_factory: Callable[[], socket.socket] | None = None,
+        *,
+        netns: int = 0,
+        interface_names: InterfaceLookup | None = None,
+        receive_buffer: bytearray | None = None,
+    ) -> None:
+        """`receive_buffer` (RECEIVE_BUFFER_BYTES) may be shared by scanners
+        that never scan at the same time: one per namespace, scanned in turn,
+        need not hold 64 KiB each."""
         self._socket_factory = socket_factory or _open_diag_socket
-        self._buffer = bytearray(RECEIVE_BUFFER_BYTES)
+        self.netns = netns
+        self._lookup_interface = interface_names
+        # id(unstamped) -> (unstamped, stamped): the unstamped endpoint is
+        # held, so its id cannot be reused while the entry lives.
+        self._stamped: dict[int, tuple[Endpoint, Endpoint]] = {}
+        self._buffer = receive_buffer if receive_buffer is not None else new_receive_buffer()
         self._view = memoryview(self._buffer)
         self._request = bytearray(REQUEST.size)
         self._interface_names: dict[int, str] = {}
@@ -201,6 +235,8 @@ class NetlinkScanner:
                     interface_name=self._interface_name,
                     reuse=self._reuse,
                 )
+                if self.netns:
+                    found = [self._stamp(endpoint) for endpoint in found]
                 # Not kept if an interface name is in it: those are looked up anew.
                 kept = b"" if any(e.interface for e in found) else bytes(self._view[:size])
                 datagram = _Datagram(kept, found, finished)
@@ -229,20 +265,34 @@ class NetlinkScanner:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _stamp(self, endpoint: Endpoint) -> Endpoint:
+        """The endpoint with this scanner's namespace; built once per reused endpoint."""
+        entry = self._stamped.get(id(endpoint))
+        if entry is not None and entry[0] is endpoint:
+            return entry[1]
+        stamped = replace(endpoint, netns=self.netns)
+        if not endpoint.interface:  # only those are kept in the reuse map
+            self._stamped[id(endpoint)] = (endpoint, stamped)
+        return stamped
+
     def _interface_name(self, index: int) -> str:
         name = self._interface_names.get(index)
         if name is None:
-            name = self._interface_names[index] = interface_name(index)
+            lookup = self._lookup_interface or interface_name
+            name = self._interface_names[index] = lookup(index)
         return name
 
     def scan(self) -> list[Endpoint]:
         # Interfaces can be renamed between scans: names are cached for one scan.
         self._interface_names.clear()
+        if self._lookup_interface is not None:
+            self._lookup_interface.forget()
         endpoints: list[Endpoint] = []
         for dump in range(len(DUMPS)):
             endpoints += self._dump(dump)
         if len(self._reuse) > 2 * len(endpoints) + REUSE_SLACK:
             self._reuse.clear()  # mostly sockets long closed: start afresh
+            self._stamped.clear()
         return endpoints
 
     def receive_raw(self) -> int:

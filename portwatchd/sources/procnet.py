@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import sys
+from dataclasses import replace
 from typing import Final, Literal
 
 from portwatchd.model import Endpoint, Family, Proto
@@ -117,7 +118,13 @@ def parse_proc_net(
 
 
 class ProcScanner:
-    """Scans by reading {root}/net/{tcp,tcp6,udp,udp6}."""
+    """Scans by reading {root}/net/{tcp,tcp6,udp,udp6}.
+
+    /proc/PID/net shows the network namespace of process PID: with
+    root="/proc/PID" and that namespace's inode as `netns`, this scans a
+    namespace we may not enter (setns needs CAP_SYS_ADMIN; reading these
+    files does not). The endpoints carry `netns`.
+    """
 
     name = "proc"
     # /proc/net/udp is read a page per read(), and each page starts by
@@ -128,8 +135,9 @@ class ProcScanner:
 
     # /proc/self/net, not /proc/net: the same table (our network namespace),
     # and still visible where systemd's ProcSubset=pid hides /proc/net.
-    def __init__(self, root: str = "/proc/self") -> None:
+    def __init__(self, root: str = "/proc/self", *, netns: int = 0) -> None:
         self.root = root.rstrip("/") or "/"
+        self.netns = netns
 
     def _read(self, table: str) -> str | None:
         path = f"{self.root}/net/{table}"
@@ -159,6 +167,8 @@ class ProcScanner:
             text = self._read(table)
             if text is not None:
                 endpoints += parse_proc_net(text, proto, family, f"{self.root}/net/{table}")
+        if self.netns:
+            return [replace(endpoint, netns=self.netns) for endpoint in endpoints]
         return endpoints
 
     def close(self) -> None:
