@@ -114,7 +114,9 @@ def run_daemon(
     backend: str, stable: StableListeners, seconds: float, trials: int
 ) -> dict[str, Any]:
     """Phantoms on `stable` over `seconds` of churn, and close latencies."""
-    daemon = RunningDaemon(INTERVAL_S, config_lines=(f'backend = "{backend}"',))
+    # The probe reopens its own key again and again: new listeners, not restarts.
+    config = (f'backend = "{backend}"', "restart_grace = 0")
+    daemon = RunningDaemon(INTERVAL_S, config_lines=config)
     try:
         reader = EventReader(daemon.stderr_fd(), set(stable.keys.values()))
         time.sleep(1.0)  # past start-up

@@ -70,6 +70,9 @@ class RunningDaemon:
         config = os.path.join(self.dir, "portwatchd.toml")
         with open(config, "w", encoding="utf-8") as f:
             f.write('log_format = "json"\n')
+            # The bench's private namespace only, unless a section asks.
+            if not any(line.startswith("namespaces") for line in config_lines):
+                f.write('namespaces = "host"\n')
             if ring_size is not None:
                 f.write(f"ring_size = {ring_size}\n")
             f.writelines(f"{line}\n" for line in config_lines)

@@ -17,12 +17,66 @@ Two judgements turn plain opens into what happened:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from portwatchd.diff import Change
-from portwatchd.model import UNKNOWN_OWNER, Detection, Endpoint, EventDraft, EventType, Owner
+from portwatchd.model import (
+    HOST_PLACE,
+    UNKNOWN_OWNER,
+    Detection,
+    Endpoint,
+    EventDraft,
+    EventType,
+    Owner,
+    Place,
+)
 
-IsIgnored = Callable[[Endpoint, Owner, EventType], bool]
+PlaceOf = Callable[[Endpoint, Owner], Place]
+IsIgnored = Callable[[Endpoint, Owner, EventType, Place], bool]
+IsExpected = Callable[[Endpoint, Owner, Place], bool | None]
+# The events an [[expect]] rule judges: a listener that starts listening.
+JUDGED_BY_EXPECT = frozenset({"opened", "restarted", "transient"})
+
+
+def _host_place(_endpoint: Endpoint, _owner: Owner) -> Place:
+    return HOST_PLACE
+
+
+def _no_expect_rules(_endpoint: Endpoint, _owner: Owner, _place: Place) -> bool | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """What the configuration and the host say about one listener: where it
+    lives (`place`), whether to report it (`ignored`), whether an [[expect]]
+    rule accepts it (`expected`). The engine holds one; a reload swaps it."""
+
+    ignored: IsIgnored
+    place: PlaceOf = _host_place
+    expected: IsExpected = _no_expect_rules
+    # netns inode -> why its sockets closed ("its network namespace is gone").
+    reasons: Mapping[int, str] = field(default_factory=dict)
+
+    def draft(
+        self, kind: EventType, endpoint: Endpoint, owner: Owner, **details: Any
+    ) -> EventDraft | None:
+        """The draft of one event, None when an ignore rule silences it."""
+        place = self.place(endpoint, owner)
+        if self.ignored(endpoint, owner, kind, place):
+            return None
+        expected = self.expected(endpoint, owner, place) if kind in JUDGED_BY_EXPECT else None
+        reason = self.reasons.get(endpoint.netns) if kind == "closed" and endpoint.netns else None
+        return EventDraft(
+            type=kind,
+            endpoint=endpoint,
+            owner=owner,
+            place=place,
+            expected=expected,
+            reason=reason,
+            **details,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +138,7 @@ def classify(
     owners: Mapping[int, Owner],
     time: str,
     detected: Detection,
-    ignored: IsIgnored,
+    judge: Judge,
     restarts: RestartWindow,
     now: float,
     down_since: str | None = None,
@@ -107,20 +161,18 @@ def classify(
             before = restarts.reopened(change.key, owner, now)
             if before is not None:
                 kind = "restarted"
-        if ignored(change.endpoint, owner, kind):
-            continue
-        drafts.append(
-            EventDraft(
-                type=kind,
-                endpoint=change.endpoint,
-                owner=owner,
-                time=time,
-                detected=detected,
-                down_since=down_since,
-                previous_owner=None if before is None else before.owner,
-                down_seconds=None if before is None else round(now - before.at, 6),
-            )
+        draft = judge.draft(
+            kind,
+            change.endpoint,
+            owner,
+            time=time,
+            detected=detected,
+            down_since=down_since,
+            previous_owner=None if before is None else before.owner,
+            down_seconds=None if before is None else round(now - before.at, 6),
         )
+        if draft is not None:
+            drafts.append(draft)
     return drafts
 
 
@@ -129,18 +181,21 @@ def owner_changes(
     *,
     time: str,
     detected: Detection,
-    ignored: IsIgnored,
+    judge: Judge,
 ) -> list[EventDraft]:
     """`owner_changed` drafts for (socket, old owner, new owner) that differ."""
-    return [
-        EventDraft(
-            type="owner_changed",
-            endpoint=endpoint,
-            owner=after,
+    drafts = []
+    for endpoint, before, after in changes:
+        if not owner_differs(before, after):
+            continue
+        draft = judge.draft(
+            "owner_changed",
+            endpoint,
+            after,
             time=time,
             detected=detected,
             previous_owner=before,
         )
-        for endpoint, before, after in changes
-        if owner_differs(before, after) and not ignored(endpoint, after, "owner_changed")
-    ]
+        if draft is not None:
+            drafts.append(draft)
+    return drafts

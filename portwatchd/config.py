@@ -56,6 +56,7 @@ OVERRIDE_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "interval": (("interval",), "--interval"),
     "state_dir": (("state_dir",), "--state-dir"),
     "log_target": (("log_target",), "--log-target"),
+    "namespaces": (("namespaces",), "--namespaces"),
     "socket_path": (("socket", "path"), "--socket"),
 }
 
@@ -109,10 +110,14 @@ class Config:
         return self.history_size
 
     def is_ignored(
-        self, endpoint: Endpoint, owner: Owner | None = None, event: EventType | None = None
+        self,
+        endpoint: Endpoint,
+        owner: Owner | None = None,
+        event: EventType | None = None,
+        place: Place | None = None,
     ) -> bool:
-        """Whether an [[ignore]] rule matches this endpoint (and its owner) for this event type."""
-        return is_ignored(self.ignore, endpoint, owner, event)
+        """Whether an [[ignore]] rule matches this endpoint (owner, place) for this event type."""
+        return is_ignored(self.ignore, endpoint, owner, event, place)
 
     def is_expected(self, endpoint: Endpoint, owner: Owner | None, place: Place) -> bool | None:
         """Whether an [[expect]] rule accepts this listener; None without rules."""

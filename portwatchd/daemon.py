@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where events go (auto: the journal when it runs)",
     )
     parser.add_argument(
+        "--namespaces",
+        choices=("all", "host"),
+        help="watch every network namespace (containers), or only portwatchd's own",
+    )
+    parser.add_argument(
         "--check-config",
         action="store_true",
         help="validate the configuration, print every problem found and exit",
@@ -74,6 +79,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "socket_path": args.socket,
         "state_dir": args.state_dir,
         "log_target": args.log_target,
+        "namespaces": args.namespaces,
     }
     return {key: value for key, value in given.items() if value is not None}
 
@@ -142,15 +148,20 @@ def build_runner(
     config: Config, read_config: Callable[[], Config], inherited: Any, reactor: Reactor
 ) -> Runner | int:
     """Every part of the daemon, wired; an exit status when one cannot be had."""
+    from portwatchd.classify import Judge
     from portwatchd.engine import Engine
     from portwatchd.lookup import ThreadedLookup
     from portwatchd.notify import Notifier
     from portwatchd.outputs.journal import JournalSink, open_sink
     from portwatchd.outputs.journal_writer import JournalWriter
+    from portwatchd.places import Places
     from portwatchd.reload import Reloader
     from portwatchd.runner import Runner
-    from portwatchd.sources.base import ScanError
+    from portwatchd.sources.allns import AllNamespaces
+    from portwatchd.sources.base import ScanError, Scanner
     from portwatchd.sources.choose import open_scanner
+    from portwatchd.sources.netns import host_netns
+    from portwatchd.sources.nsscan import NamespaceScanners
     from portwatchd.sources.owners import OwnerResolver
 
     sink = open_sink(config.log_target, json_lines=config.log_format == "json")
@@ -159,23 +170,32 @@ def build_runner(
     for warning in (*config.warnings, *log.warnings):
         writer.say(PRIORITY_WARNING, warning)
 
-    def scanner_for(backend: str) -> Any:
-        return open_scanner(backend, log=lambda message: writer.say(PRIORITY_WARNING, message))
+    host_inode = host_netns()
+
+    def scanner_for(wanted: Config) -> Scanner:
+        host = open_scanner(
+            wanted.backend, log=lambda message: writer.say(PRIORITY_WARNING, message)
+        )
+        if wanted.namespaces == "host":
+            return host
+        return AllNamespaces(host, NamespaceScanners(host_inode), say=writer.say)
 
     try:
-        scanner = scanner_for(config.backend)
+        scanner = scanner_for(config)
     except (ScanError, OSError) as err:
         writer.say(PRIORITY_ERR, f"cannot scan listening sockets: {err}")
         writer.close(2.0)
         log.close()
         return EXIT_FAILURE
+    places = Places(host_inode, lambda: engine.scanner)
     engine = Engine(
         scanner=scanner,
         log=log,
         lookup=ThreadedLookup(OwnerResolver(), reactor),
-        ignored=config.is_ignored,
+        judge=Judge(ignored=config.is_ignored, place=places.place, expected=config.is_expected),
         say=writer.say,
         owners_enabled=config.owners,
+        restart_grace=config.restart_grace,
         defer=reactor.call_soon_threadsafe,
     )
 

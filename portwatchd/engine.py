@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from portwatchd.classify import IsIgnored, RestartWindow, classify, owner_changes
+from portwatchd.classify import Judge, RestartWindow, classify, owner_changes
 from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
 from portwatchd.log import EventLog
 from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
@@ -122,7 +122,7 @@ class Engine:
         scanner: Scanner,
         log: EventLog,
         lookup: OwnerLookup,
-        ignored: IsIgnored,
+        judge: Judge,
         say: Say,
         owners_enabled: bool = True,
         restart_grace: float = 5.0,
@@ -132,7 +132,7 @@ class Engine:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.scanner = scanner
-        self.ignored = ignored
+        self.judge = judge
         self.owners_enabled = owners_enabled
         self.stats = EngineStats()
         self._log = log
@@ -300,13 +300,17 @@ class Engine:
         owners.update(result.owners)
         now = self._monotonic()
         self._restarts.expire(now)
+        gone = getattr(self.scanner, "gone_namespaces", ())
+        judge = self.judge
+        if gone:
+            judge = replace(judge, reasons=dict.fromkeys(gone, "its network namespace is gone"))
         time_text = rfc3339(self._now())
         drafts = classify(
             pass_.changes,
             owners=owners,
             time=time_text,
             detected=pass_.detected,
-            ignored=self.ignored,
+            judge=judge,
             restarts=self._restarts,
             now=now,
             down_since=self._log.last_alive if pass_.detected == "startup" else None,
@@ -316,9 +320,7 @@ class Engine:
             self._owners.pop(inode, None)
             self._stale_owners.pop(inode, None)
         refreshed, handed = self._refresh_owners(result, pass_)
-        drafts += owner_changes(
-            handed, time=time_text, detected=pass_.detected, ignored=self.ignored
-        )
+        drafts += owner_changes(handed, time=time_text, detected=pass_.detected, judge=judge)
         added = [
             (pass_.sockets[inode], self._owners.get(inode, UNKNOWN_OWNER))
             for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))

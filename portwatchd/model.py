@@ -209,6 +209,7 @@ class Owner:
     uid: int | None = None
     user: str | None = None
     unit: str | None = None
+    cgroup: str | None = None  # "/system.slice/docker-<id>.scope": names a container
 
     @property
     def known(self) -> bool:
@@ -236,6 +237,7 @@ class Owner:
             "uid": self.uid,
             "user": self.user,
             "unit": self.unit,
+            "cgroup": self.cgroup,
         }
 
     @classmethod
@@ -249,6 +251,7 @@ class Owner:
             uid=data.get("uid"),
             user=data.get("user"),
             unit=data.get("unit"),
+            cgroup=data.get("cgroup"),
         )
 
 
@@ -333,6 +336,8 @@ class Event:
     place: Place = HOST_PLACE
     # Whether an [[expect]] rule accepts it; None when no rule exists.
     expected: bool | None = None
+    # Why, when it is not the socket's own doing: "its network namespace is gone".
+    reason: str | None = None
 
     @property
     def key(self) -> str:
@@ -357,6 +362,8 @@ class Event:
             data["down_seconds"] = self.down_seconds
         if self.lifetime_max_seconds is not None:
             data["lifetime_max_seconds"] = self.lifetime_max_seconds
+        if self.reason is not None:
+            data["reason"] = self.reason
         return data
 
     @classmethod
@@ -377,6 +384,7 @@ class Event:
             lifetime_max_seconds=data.get("lifetime_max_seconds"),
             place=Place.from_dict(data),
             expected=data.get("expected"),
+            reason=data.get("reason"),
         )
 
 
@@ -395,6 +403,7 @@ class EventDraft:
     lifetime_max_seconds: float | None = None
     place: Place = HOST_PLACE
     expected: bool | None = None
+    reason: str | None = None
 
     def minted(self, seq: int, event_id: str) -> Event:
         """The event this draft becomes once the log gives it its seq and id."""
@@ -412,6 +421,7 @@ class EventDraft:
             lifetime_max_seconds=self.lifetime_max_seconds,
             place=self.place,
             expected=self.expected,
+            reason=self.reason,
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from portwatchd.config_schema import Check, InvalidValueError, choice, describe_value, string
-from portwatchd.model import EVENT_TYPES, PROTOS, Endpoint, EventType, Owner
+from portwatchd.model import EVENT_TYPES, EXPOSURES, PROTOS, Endpoint, EventType, Owner, Place
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -37,15 +37,22 @@ class IgnoreRule:
     process: str | None = None
     unit: str | None = None  # exact, or a shell glob ("docker-*.scope")
     events: tuple[str, ...] = ()  # event types it silences; () = every type
+    exposure: str | None = None  # loopback | link-local | private | public
     line: int | None = None  # where the rule starts in its file, for messages
     source: str | None = None  # the file it comes from (main file or drop-in)
 
     def matches(
-        self, endpoint: Endpoint, owner: Owner | None = None, event: EventType | None = None
+        self,
+        endpoint: Endpoint,
+        owner: Owner | None = None,
+        event: EventType | None = None,
+        place: Place | None = None,
     ) -> bool:
-        """Whether the rule silences this endpoint (with its owner), for the
-        given event type; `event` None asks about every type at once."""
+        """Whether the rule silences this endpoint (with its owner and place),
+        for the given event type; `event` None asks about every type at once."""
         if self.events and (event is None or event not in self.events):
+            return False
+        if self.exposure is not None and (place is None or place.exposure != self.exposure):
             return False
         if self.proto is not None and endpoint.proto != self.proto:
             return False
@@ -70,7 +77,7 @@ class IgnoreRule:
             parts.append("port=" + ",".join(ports))
         if self.networks:
             parts.append("address=" + ",".join(map(str, self.networks)))
-        for name in ("proto", "process", "unit"):
+        for name in ("proto", "process", "unit", "exposure"):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name}={value}")
@@ -84,9 +91,10 @@ def is_ignored(
     endpoint: Endpoint,
     owner: Owner | None = None,
     event: EventType | None = None,
+    place: Place | None = None,
 ) -> bool:
-    """Whether any rule matches this endpoint (and its owner) for this event type."""
-    return any(rule.matches(endpoint, owner, event) for rule in rules)
+    """Whether any rule matches this endpoint (owner, place) for this event type."""
+    return any(rule.matches(endpoint, owner, event, place) for rule in rules)
 
 
 def address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
@@ -193,4 +201,5 @@ IGNORE_KEYS: dict[str, tuple[str, Check]] = {
     "process": ("process", _process),
     "unit": ("unit", check_unit),
     "event": ("events", _events),
+    "exposure": ("exposure", choice(*EXPOSURES)),
 }

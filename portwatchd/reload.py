@@ -39,7 +39,7 @@ class Reloader:
         self,
         *,
         read_config: Callable[[], Config],
-        open_scanner: Callable[[str], Scanner],
+        open_scanner: Callable[[Config], Scanner],
         open_control: Callable[[Config, Any], Control],
         control_inherited: bool,
         state_dir: str,
@@ -113,30 +113,37 @@ class Reloader:
                 running, history_size=new.history_size, history_max_age_s=new.history_max_age_s
             ), None
         if part == "ignore":
-            runner.engine.ignored = new.is_ignored
+            runner.engine.judge = replace(runner.engine.judge, ignored=new.is_ignored)
             return replace(running, ignore=new.ignore), None
         if part == "metrics":
             runner.set_metrics_textfile(new.metrics_textfile)
             return replace(running, metrics_textfile=new.metrics_textfile), None
         if part == "backend":
-            return self._apply_backend(runner, running, new)
+            return self._switch_scanner(runner, running, replace(running, backend=new.backend))
         if part == "socket":
             return self._apply_socket(running, new)
-        if part == "expect":  # read from runner.config where events are judged
+        if part == "expect":
+            runner.engine.judge = replace(runner.engine.judge, expected=new.is_expected)
             return replace(running, expect=new.expect), None
-        if part == "namespaces":  # read from runner.config at the next discovery
-            return replace(running, namespaces=new.namespaces), None
+        if part == "namespaces":
+            return self._switch_scanner(
+                runner, running, replace(running, namespaces=new.namespaces)
+            )
         raise ValueError(f"unknown configuration part {part!r}")
 
-    def _apply_backend(
-        self, runner: Runner, running: Config, new: Config
+    def _switch_scanner(
+        self, runner: Runner, running: Config, wanted: Config
     ) -> tuple[Config, str | None]:
+        """A new source for another backend or namespaces setting; the old
+        one stays when the new one will not open."""
         try:
-            scanner = self._open_scanner(new.backend)
+            scanner = self._open_scanner(wanted)
         except (ScanError, OSError) as err:
-            return running, f"backend: cannot switch to {new.backend}: {err}"
+            if wanted.backend != running.backend:
+                return running, f"backend: cannot switch to {wanted.backend}: {err}"
+            return running, f"namespaces: cannot switch to {wanted.namespaces}: {err}"
         runner.engine.replace_scanner(scanner)
-        return replace(running, backend=new.backend), None
+        return wanted, None
 
     def _apply_socket(self, running: Config, new: Config) -> tuple[Config, str | None]:
         if self._control_inherited:

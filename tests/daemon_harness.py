@@ -54,6 +54,7 @@ class Daemon:
         self._stderr_open.set()
 
     def write_config(self, text: str) -> None:
+        self.all_namespaces = "namespaces" in text
         with open(self.config_path, "w", encoding="utf-8") as f:
             f.write('log_format = "json"\n' + text)
 
@@ -85,6 +86,11 @@ class Daemon:
         ]
         if self.interval is not None:
             args += ["--interval", str(self.interval)]
+        if not self.all_namespaces:
+            # The daemon runs in the test's private network namespace and
+            # looks at that one only, unless a test asks for every one (the
+            # machine's own included).
+            args += ["--namespaces", "host"]
         args += list(self.extra_args)
         self.proc = subprocess.Popen(
             args, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True

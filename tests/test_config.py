@@ -325,8 +325,11 @@ def test_override_options_are_the_options_portwatchd_has() -> None:
     options = {option for action in parser._actions for option in action.option_strings}
     assert {option for _path, option in OVERRIDE_OPTIONS.values()} <= options
     args = parser.parse_args(
-        ["--interval", "2", "--socket", "/x.sock", "--state-dir", "/s", "--log-target", "stderr"]
-    )
+        [
+            "--interval", "2", "--socket", "/x.sock", "--state-dir", "/s",
+            "--log-target", "stderr", "--namespaces", "host",
+        ]
+    )  # fmt: skip
     assert set(overrides_from(args)) == set(OVERRIDE_OPTIONS)
     config = load_config(str(SHIPPED), overrides_from(args))
     assert (config.interval, config.socket.path, config.state_dir, config.log_target) == (

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from portwatchd.classify import Judge
 from portwatchd.engine import Engine
 from portwatchd.log import EventLog
 from portwatchd.lookup import Done, InlineLookup, LookupJob, run_job
-from portwatchd.model import Endpoint, Event, Owner
+from portwatchd.model import Endpoint, Event, Owner, Place
 from portwatchd.protocol import EventQuery
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.owners import OwnerResolver
@@ -36,7 +37,7 @@ def new_engine(log: EventLog, lookup: object = None, ignored: object = None) -> 
         scanner=NetlinkScanner(),
         log=log,
         lookup=lookup or InlineLookup(OwnerResolver()),  # type: ignore[arg-type]
-        ignored=ignored or (lambda _endpoint, _owner, _event: False),  # type: ignore[arg-type]
+        judge=Judge(ignored=ignored or (lambda *_: False)),  # type: ignore[arg-type]
         say=lambda priority, message: said.append((priority, message)),
     )
     engine.said = said  # type: ignore[attr-defined]
@@ -243,7 +244,7 @@ def test_a_pass_waits_for_its_owners_without_blocking_and_in_order(
 def test_ignored_sockets_make_no_events_but_are_still_watched(netns: None, tmp_path: Path) -> None:
     log = open_log(tmp_path)
 
-    def ignored(endpoint: Endpoint, owner: Owner, event: str) -> bool:
+    def ignored(endpoint: Endpoint, owner: Owner, event: str, place: Place) -> bool:
         return owner.pid == os.getpid()
 
     engine = new_engine(log, ignored=ignored)

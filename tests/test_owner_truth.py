@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from portwatchd.classify import Judge
 from portwatchd.engine import Engine
 from portwatchd.log import EventLog
 from portwatchd.lookup import InlineLookup
-from portwatchd.model import Endpoint, Event, EventType, Owner
+from portwatchd.model import Endpoint, Event, EventType, Owner, Place
 from portwatchd.policy import IGNORE_KEYS, IgnoreRule, is_ignored
 from portwatchd.protocol import EventQuery
 from portwatchd.sources.netlink import NetlinkScanner
@@ -31,7 +32,7 @@ def new_engine(
     *,
     restart_grace: float = 5.0,
     monotonic: Callable[[], float] | None = None,
-    ignored: Callable[[Endpoint, Owner, EventType], bool] = lambda *_: False,
+    ignored: Callable[[Endpoint, Owner, EventType, Place], bool] = lambda *_: False,
 ) -> tuple[Engine, EventLog]:
     log = EventLog(Store.open(str(tmp_path)), history_size=10_000, history_max_age_s=None)
     extra = {} if monotonic is None else {"monotonic": monotonic}
@@ -40,7 +41,7 @@ def new_engine(
         log=log,
         # Every step checks owners, fd tables included: no waiting in tests.
         lookup=InlineLookup(OwnerResolver(fd_check_interval_s=0.0)),
-        ignored=ignored,
+        judge=Judge(ignored=ignored),
         say=lambda _priority, _message: None,
         restart_grace=restart_grace,
         owner_recheck_s=0.0,
@@ -311,7 +312,7 @@ def test_an_ignore_rule_can_silence_one_event_type_only(netns: None, tmp_path: P
     engine, log = new_engine(
         tmp_path,
         monotonic=clock,
-        ignored=lambda endpoint, owner, event: is_ignored([rule], endpoint, owner, event),
+        ignored=lambda endpoint, owner, event, place: is_ignored([rule], endpoint, owner, event),
     )
     engine.step()
     proc = close_and_reopen(engine, clock, after_s=1.0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from portwatchd.classify import Judge
 from portwatchd.config import Config, load_config
 from portwatchd.engine import Engine
 from portwatchd.log import EventLog
@@ -41,12 +42,12 @@ class Lines:
         self.lines.append(message)
 
 
-def refusing_proc(backend: str) -> Scanner:
-    """The scanners as daemon.py opens them, but /proc refused, as a
+def refusing_proc(config: Config) -> Scanner:
+    """The host's scanner as daemon.py opens it, but /proc refused, as a
     sandbox without procfs access would."""
-    if backend == "proc":
+    if config.backend == "proc":
         raise SourceUnavailable("/proc/self/net/tcp: Permission denied", source="proc")
-    return open_scanner(backend)
+    return open_scanner(config.backend)
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def runner(netns: None, tmp_path: Path) -> Iterator[Runner]:
         scanner=open_scanner("netlink"),
         log=log,
         lookup=InlineLookup(OwnerResolver()),
-        ignored=config.is_ignored,
+        judge=Judge(ignored=config.is_ignored),
         say=writer.say,
     )
     reloader = Reloader(

@@ -89,6 +89,8 @@ def event_message(event: Event) -> str:
         text += f", opened and closed within {seconds_text(event.lifetime_max_seconds)}"
     if event.previous_owner is not None:
         text += f", was {event.previous_owner.describe()}"
+    if event.reason is not None:
+        text += f" ({event.reason})"
     return text
 
 
@@ -143,6 +145,7 @@ def event_fields(event: Event) -> dict[str, str]:
         "PORT_CONTAINER_RUNTIME": place.container_runtime,
         "PORT_EXPOSURE": place.exposure,
         "PORT_EXPECTED": None if event.expected is None else int(event.expected),
+        "PORT_REASON": event.reason,
         "PORT_UID": ep.uid if event.owner.uid is None and ep.uid >= 0 else None,
     }
     fields.update({name: str(value) for name, value in optional.items() if value is not None})
@@ -163,6 +166,7 @@ def owner_fields(owner: Owner, prefix: str) -> dict[str, str]:
         "UID": owner.uid,
         "USER": owner.user,
         "UNIT": owner.unit,
+        "CGROUP": owner.cgroup,
     }
     return {prefix + name: str(value) for name, value in values.items() if value is not None}
 

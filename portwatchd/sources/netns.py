@@ -68,14 +68,23 @@ def host_netns(proc_root: str = "/proc") -> int:
 
 
 def discover(
-    proc_root: str = "/proc", mount_dirs: Iterable[str] = DEFAULT_MOUNT_DIRS
+    proc_root: str = "/proc",
+    mount_dirs: Iterable[str] = DEFAULT_MOUNT_DIRS,
+    known: dict[str, int] | None = None,
 ) -> Discovered:
-    """Every network namespace a process is in or a bind mount holds."""
+    """Every network namespace a process is in or a bind mount holds.
+
+    `known` (pid -> namespace inode, kept by the caller between calls)
+    spares the readlink of every process seen before: a process moves to
+    another namespace only by setns(2) or unshare(2), which the tools that
+    make namespaces (ip netns exec, unshare, container runtimes) do before
+    they exec, in a new process. It is updated in place.
+    """
     found = Discovered()
     nsfs_device = os.stat(f"{proc_root}/self/ns/net").st_dev
     for directory in mount_dirs:
         _add_mounts(found, directory, nsfs_device)
-    _add_processes(found, proc_root)
+    _add_processes(found, proc_root, {} if known is None else known)
     return found
 
 
@@ -100,23 +109,19 @@ def _add_mounts(found: Discovered, directory: str, nsfs_device: int) -> None:
             namespace.name = name
 
 
-def _add_processes(found: Discovered, proc_root: str) -> None:
+def _add_processes(found: Discovered, proc_root: str, known: dict[str, int]) -> None:
     directory = os.open(proc_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for entry in os.listdir(directory):
-            if not entry.isdigit():
-                continue
-            try:
-                # Relative to the open /proc: the kernel walks 3 names, not 4.
-                link = os.readlink(f"{entry}/ns/net", dir_fd=directory)
-            except PermissionError:
-                found.unreadable += 1
-                continue
-            except OSError:
-                continue  # the process exited (ENOENT) or is a zombie (no ns)
-            if not link.startswith(_LINK_PREFIX):
-                continue  # not a network namespace link: nothing to name it by
-            inode = int(link[len(_LINK_PREFIX) : -1])
+        entries = [entry for entry in os.listdir(directory) if entry.isdigit()]
+        for gone in known.keys() - set(entries):
+            del known[gone]
+        for entry in entries:
+            inode = known.get(entry)
+            if inode is None:
+                inode = _namespace_of(found, directory, entry)
+                if inode is None:
+                    continue
+                known[entry] = inode
             pid = int(entry)
             namespace = found.get(inode)
             if namespace is None:
@@ -125,6 +130,20 @@ def _add_processes(found: Discovered, proc_root: str) -> None:
             namespace.pids.append(pid)
     finally:
         os.close(directory)
+
+
+def _namespace_of(found: Discovered, directory: int, entry: str) -> int | None:
+    try:
+        # Relative to the open /proc: the kernel walks 3 names, not 4.
+        link = os.readlink(f"{entry}/ns/net", dir_fd=directory)
+    except PermissionError:
+        found.unreadable += 1
+        return None
+    except OSError:
+        return None  # the process exited (ENOENT) or is a zombie (no ns)
+    if not link.startswith(_LINK_PREFIX):
+        return None  # not a network namespace link: nothing to name it by
+    return int(link[len(_LINK_PREFIX) : -1])
 
 
 def read_cgroup(pid: int, proc_root: str = "/proc") -> str | None:

@@ -97,6 +97,24 @@ def unit_from_cgroup(text: str) -> str | None:
     ("1:name=systemd:/...") is preferred, because on a hybrid host the
     unified "0::" line can be plain "/"; "/" alone means no unit (None).
     """
+    for candidate in _cgroup_paths(text):
+        units = [part for part in candidate.split("/") if _PROCESS_UNIT.match(part)]
+        if units:
+            return units[-1]
+    return None
+
+
+def cgroup_path(text: str) -> str | None:
+    """The cgroup a process is in, from its /proc/PID/cgroup text (the
+    named systemd hierarchy of cgroup v1 first, as unit_from_cgroup).
+
+    >>> cgroup_path("0::/system.slice/docker-4f0c.scope (deleted)\n")
+    '/system.slice/docker-4f0c.scope'
+    """
+    return next(iter(_cgroup_paths(text)), None)
+
+
+def _cgroup_paths(text: str) -> list[str]:
     systemd_v1: str | None = None
     unified: str | None = None
     for line in text.splitlines():
@@ -108,15 +126,8 @@ def unit_from_cgroup(text: str) -> str | None:
             systemd_v1 = path
         elif controllers == "" and unified is None:
             unified = path
-    for candidate in (systemd_v1, unified):
-        if candidate is None:
-            continue
-        # The kernel marks a removed cgroup v2 path with " (deleted)".
-        components = candidate.removesuffix(" (deleted)").split("/")
-        units = [part for part in components if _PROCESS_UNIT.match(part)]
-        if units:
-            return units[-1]
-    return None
+    # The kernel marks a removed cgroup v2 path with " (deleted)".
+    return [path.removesuffix(" (deleted)") for path in (systemd_v1, unified) if path is not None]
 
 
 def socket_inode(link: str) -> int | None:
@@ -139,6 +150,7 @@ class ProcessInfo:
     cmdline: str | None
     uid: int | None
     unit: str | None
+    cgroup: str | None = None  # the cgroup path: containers are told by it
 
 
 def _read_bytes(path: str, limit: int = -1) -> bytes | None:
@@ -177,6 +189,7 @@ def read_process(proc_root: str, pid: int, stat: ProcStat) -> ProcessInfo:
     cmdline_bytes = _read_bytes(f"{base}/cmdline", _CMDLINE_READ_BYTES)
     status = _read_bytes(f"{base}/status")
     cgroup = _read_bytes(f"{base}/cgroup")
+    cgroup_text = None if cgroup is None else cgroup.decode("utf-8", "replace")
     return ProcessInfo(
         pid=pid,
         start_time=stat.start_time,
@@ -184,7 +197,8 @@ def read_process(proc_root: str, pid: int, stat: ProcStat) -> ProcessInfo:
         exe=exe,
         cmdline=None if cmdline_bytes is None else parse_cmdline(cmdline_bytes),
         uid=None if status is None else parse_status_uid(status.decode("utf-8", "replace")),
-        unit=None if cgroup is None else unit_from_cgroup(cgroup.decode("utf-8", "replace")),
+        unit=None if cgroup_text is None else unit_from_cgroup(cgroup_text),
+        cgroup=None if cgroup_text is None else cgroup_path(cgroup_text),
     )
 
 
@@ -226,4 +240,5 @@ def owner_of(
         uid=main.uid,
         user=None if main.uid is None else user_of(main.uid),
         unit=main.unit,
+        cgroup=main.cgroup,
     )
