@@ -100,7 +100,7 @@ class FollowUps:
         return max(earliest, self._last_look + self.min_gap)
 
     def looked(self, now: float) -> None:
-        """A full look finished (started) at `now`, for whatever reason: it satisfies what was due."""
+        """A full look started at `now`, for whatever reason: it satisfies what was due by then."""
         self._last_look = now
         while self._due and self._due[0] <= now:
             heapq.heappop(self._due)

@@ -45,26 +45,26 @@ def by_inode(endpoints: list[Endpoint]) -> list[Endpoint]:
 # from the same two idiag_cookie words.
 EXPECTED = {
     "tcp4": [
-        Endpoint("tcp", "ipv4", "0.0.0.0", 22, "", None, 139732, 0, cookie=0x1be19),
-        Endpoint("tcp", "ipv4", "127.0.0.1", 8080, "", None, 139733, 65534, cookie=0x1be1a),
+        Endpoint("tcp", "ipv4", "0.0.0.0", 22, "", None, 139732, 0, cookie=0x1BE19),
+        Endpoint("tcp", "ipv4", "127.0.0.1", 8080, "", None, 139733, 65534, cookie=0x1BE1A),
     ],
     "tcp6": [
-        Endpoint("tcp", "ipv6", "::", 22, "", True, 139734, 0, cookie=0x1be1f),
-        Endpoint("tcp", "ipv6", "::", 80, "", False, 139735, 0, cookie=0x1be20),
-        Endpoint("tcp", "ipv6", "::ffff:127.0.0.1", 8443, "", False, 139736, 0, cookie=0x1be1e),
+        Endpoint("tcp", "ipv6", "::", 22, "", True, 139734, 0, cookie=0x1BE1F),
+        Endpoint("tcp", "ipv6", "::", 80, "", False, 139735, 0, cookie=0x1BE20),
+        Endpoint("tcp", "ipv6", "::ffff:127.0.0.1", 8443, "", False, 139736, 0, cookie=0x1BE1E),
     ],
     "udp4": [
-        Endpoint("udp", "ipv4", "0.0.0.0", 5353, "", None, 139740, 0, cookie=0x1be21),
-        Endpoint("udp", "ipv4", "127.0.0.53", 53, "lo", None, 139741, 0, cookie=0x1be24),
+        Endpoint("udp", "ipv4", "0.0.0.0", 5353, "", None, 139740, 0, cookie=0x1BE21),
+        Endpoint("udp", "ipv4", "127.0.0.53", 53, "lo", None, 139741, 0, cookie=0x1BE24),
         # Two SO_REUSEPORT sockets: one key, two inodes.
-        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139744, 0, cookie=0x1be23),
-        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139745, 0, cookie=0x1be22),
+        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139744, 0, cookie=0x1BE23),
+        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139745, 0, cookie=0x1BE22),
         # Auto-bound by sendto(2), never bind(2): unconnected, so listed (as by ss -lnu).
-        Endpoint("udp", "ipv4", "0.0.0.0", 33160, "", None, 139747, 0, cookie=0x1be25),
+        Endpoint("udp", "ipv4", "0.0.0.0", 33160, "", None, 139747, 0, cookie=0x1BE25),
     ],
     "udp6": [
-        Endpoint("udp", "ipv6", "::", 546, "", True, 139742, 0, cookie=0x1be28),
-        Endpoint("udp", "ipv6", "::ffff:127.0.0.1", 5300, "", False, 139743, 0, cookie=0x1be27),
+        Endpoint("udp", "ipv6", "::", 546, "", True, 139742, 0, cookie=0x1BE28),
+        Endpoint("udp", "ipv6", "::ffff:127.0.0.1", 5300, "", False, 139743, 0, cookie=0x1BE27),
     ],
 }
 

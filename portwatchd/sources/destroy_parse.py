@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Final
 
 from portwatchd.model import Endpoint, Proto
+from portwatchd.sources.base import ParseError
 from portwatchd.sources.netlink_parse import (
     AF_INET,
     AF_INET6,
@@ -35,7 +36,6 @@ from portwatchd.sources.netlink_parse import (
     messages,
     socket_cookie,
 )
-from portwatchd.sources.base import ParseError
 
 INET_DIAG_PROTOCOL: Final = 10
 PROTO_BY_NUMBER: Final[dict[int, Proto]] = {
@@ -132,4 +132,3 @@ def parse_destroyed(
             )
         )
     return closed
-

@@ -75,7 +75,7 @@ class ExecBatch:
 
 def _refusal(exc: OSError, what: str) -> TriggerUnavailable:
     code = exc.errno
-    if code == errno_codes.EPERM or code == errno_codes.EACCES:
+    if code in (errno_codes.EPERM, errno_codes.EACCES):
         why = "it needs CAP_NET_ADMIN on this kernel (Linux before 6.6)"
     elif code == errno_codes.ECONNREFUSED:
         why = "it works only in the initial network namespace, and portwatchd runs in another"
