@@ -22,6 +22,7 @@ from bench.client import SECTION as CLIENT_SECTION
 from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
 from bench.daemon_store import SECTION as DAEMON_STORE_SECTION
+from bench.latency import SECTION as LATENCY_SECTION
 from bench.load import LoadError
 from bench.netns import NetnsError, enter_private_netns
 from bench.scan import SECTION as SCAN_SECTION
@@ -36,6 +37,7 @@ SECTIONS: dict[str, Section] = {
 SECTIONS[CLIENT_SECTION.name] = CLIENT_SECTION
 SECTIONS[DAEMON_STORE_SECTION.name] = DAEMON_STORE_SECTION
 SECTIONS[CHURN_SECTION.name] = CHURN_SECTION
+SECTIONS[LATENCY_SECTION.name] = LATENCY_SECTION
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1
