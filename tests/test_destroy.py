@@ -17,8 +17,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from portwatchd.model import Endpoint
+from portwatchd.sources.base import ScanError
 from portwatchd.sources.destroy import DestroyWatch, ephemeral_range
 from portwatchd.sources.destroy_parse import parse_destroyed
 from portwatchd.sources.netlink import NetlinkScanner
@@ -136,6 +139,15 @@ def test_the_decoder_drops_connections_too_without_the_filter(netns: None) -> No
     raw.close()
     server.close()
     assert messages == 2, "expected one destroy message per end of the connection"
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_decode_or_raise_scan_error(data: bytes) -> None:
+    try:
+        closed = parse_destroyed(data, interface_name=str)
+    except ScanError:
+        return
+    assert all(0 < e.port <= 65535 for e in closed)
 
 
 def test_overrun_is_reported_when_the_buffer_is_too_small(netns: None) -> None:

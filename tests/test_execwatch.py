@@ -18,8 +18,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from portwatchd.sources.execwatch import ExecWatch, TriggerUnavailable, kernel_filters_events
+from portwatchd.sources.execwatch import (
+    CN_MSG,
+    EVENT_DATA,
+    NLMSGHDR,
+    PROC_EVENT,
+    PROC_EVENT_EXEC,
+    ExecWatch,
+    TriggerUnavailable,
+    kernel_filters_events,
+    parse_events,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 # A kernel from 6.6 on neither filters nor checks CAP_NET_ADMIN the old way.
@@ -96,6 +108,36 @@ def test_read_without_events_returns_at_once(watch: ExecWatch) -> None:
     batch = watch.read()
     assert batch.execs == len(batch.pids)
     assert not batch.overrun
+
+
+def test_overrun_is_reported_when_the_buffer_is_too_small() -> None:
+    # The kernel's floor for a receive buffer holds a few events; 100 execs
+    # not read in time cannot fit.
+    try:
+        small = ExecWatch(receive_buffer=1)
+    except TriggerUnavailable as exc:
+        pytest.skip(f"the proc connector cannot be used here: {exc.reason}")
+    with small:
+        for _ in range(100):
+            subprocess.run(["/bin/true"], check=True)
+        batches = []
+        while select.select([small], [], [], 0.3)[0]:
+            batches.append(small.read())
+    assert any(batch.overrun for batch in batches)
+    assert sum(batch.execs for batch in batches) < 100
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_to_events_or_nothing(data: bytes) -> None:
+    for what, _seq, _ack, _first, _second in parse_events(data):
+        assert 0 <= what <= 0xFFFFFFFF
+
+
+def test_an_exec_event_decodes_to_its_thread_group() -> None:
+    body = CN_MSG.pack(1, 1, 5, 0, 24, 0) + PROC_EVENT.pack(PROC_EVENT_EXEC, 0, 123)
+    body += EVENT_DATA.pack(4242, 4240)
+    datagram = NLMSGHDR.pack(NLMSGHDR.size + len(body), 3, 0, 5, 0) + body
+    assert parse_events(datagram) == [(PROC_EVENT_EXEC, 5, 0, 4242, 4240)]
 
 
 def test_refused_in_a_private_network_namespace() -> None:

@@ -142,7 +142,9 @@ class ExecWatch:
     sends exec events only (Linux >= 6.6) or every process event.
     """
 
-    def __init__(self, *, ack_timeout: float = ACK_TIMEOUT_S) -> None:
+    def __init__(
+        self, *, ack_timeout: float = ACK_TIMEOUT_S, receive_buffer: int = RECEIVE_BUFFER_BYTES
+    ) -> None:
         self.kernel_filtered = False
         self._buffer = bytearray(DATAGRAM_BYTES)
         # Every listener of the group receives every acknowledgement: ours
@@ -154,17 +156,17 @@ class ExecWatch:
             raise _refusal(exc, "cannot open a NETLINK_CONNECTOR socket") from exc
         self._sock: socket.socket | None = sock
         try:
-            self._subscribe(sock, ack_timeout)
+            self._subscribe(sock, ack_timeout, receive_buffer)
         except BaseException:
             self.close()
             raise
 
-    def _subscribe(self, sock: socket.socket, ack_timeout: float) -> None:
+    def _subscribe(self, sock: socket.socket, ack_timeout: float, receive_buffer: int) -> None:
         try:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
             except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             sock.bind((0, CN_IDX_PROC))  # port ID chosen by the kernel
         except OSError as exc:
             raise _refusal(exc, "cannot join the proc connector's group") from exc
