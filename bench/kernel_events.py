@@ -8,7 +8,9 @@ Measures the adapters alone, without the daemon:
   the BPF filter (DestroyWatch) and without (a plain subscription decoding
   every message), as the reader's CPU time over the window;
 - exec latency: Popen(["/bin/true"]) to ExecWatch.read() returning its PID
-  (in the initial namespace: fork and exec included).
+  (in the initial namespace: fork and exec included);
+- a new process's listener found by the follow-up scans FollowUps asks
+  for after its exec (NetlinkScanner; no poll): listen() to the scan.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bench.netns import enter_private_netns, started_netns
+from portwatchd.followups import FollowUps
 from portwatchd.sources.destroy import DestroyWatch
 from portwatchd.sources.destroy_parse import parse_destroyed
 from portwatchd.sources.execwatch import ExecWatch, TriggerUnavailable
+from portwatchd.sources.netlink import NetlinkScanner
 
 _CHURN = """
 import socket, sys, time
@@ -145,6 +150,61 @@ def exec_latency(trials: int) -> list[float]:
     return latencies
 
 
+_SERVER = """
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], time.monotonic(), flush=True)
+sys.stdin.read()
+"""
+
+
+def _exec_triggered_trial(watch: ExecWatch, scanner: NetlinkScanner, follow: FollowUps) -> float:
+    """listen() in a new process to the first follow-up scan that lists it, in ms."""
+    known = {e.key for e in scanner.scan()}
+    first_seen: dict[str, float] = {}
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None and server.stdin is not None
+    key, listened_at = "", 0.0
+    try:
+        while key not in first_seen:
+            due = follow.next_look_at()
+            wait = 1.0 if due is None else max(0.0, due - time.monotonic())
+            readers: list[Any] = [watch] if key else [watch, server.stdout]
+            ready = select.select(readers, [], [], wait)[0]
+            if watch in ready:
+                follow.exec_seen(time.monotonic(), watch.read().execs)
+            if server.stdout in ready:
+                port, listened = server.stdout.readline().split()
+                key, listened_at = f"tcp:127.0.0.1:{port}", float(listened)
+            due = follow.next_look_at()
+            if due is not None and due <= time.monotonic():
+                follow.looked(time.monotonic())
+                for endpoint in scanner.scan():
+                    if endpoint.key not in known:
+                        first_seen.setdefault(endpoint.key, time.monotonic())
+    finally:
+        server.stdin.close()
+        server.wait(30)
+    return (first_seen[key] - listened_at) * 1000
+
+
+def exec_triggered_open(trials: int) -> list[float]:
+    """A new process's listener found by scans that exec events trigger (no poll at all)."""
+    latencies = []
+    follow = FollowUps()
+    with ExecWatch() as watch, NetlinkScanner() as scanner:
+        for _ in range(trials):
+            latencies.append(_exec_triggered_trial(watch, scanner, follow))
+            time.sleep(0.6)  # let the follow-ups of this trial run out
+            while follow.next_look_at() is not None:
+                follow.looked(time.monotonic())
+    return latencies
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kernel_events", description=__doc__)
     parser.add_argument("--trials", type=int, default=200)
@@ -166,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"exec latency: not measured: {exc.reason}")
         else:
             print(f"exec latency, Popen -> read() (fork+exec included): {summary(latencies)}")
+            opens = [ms * 1000 for ms in exec_triggered_open(min(args.trials, 100))]
+            print(f"new process's listener, listen() -> follow-up scan: {summary(opens)}")
     return 0
 
 
