@@ -121,6 +121,21 @@ def test_connection_churn_never_wakes_the_watch(watch: DestroyWatch) -> None:
     assert [e.port for e in watch.read().sockets] == [address[1]]
 
 
+def test_unaccepted_connections_of_a_closing_listener_are_left_out(watch: DestroyWatch) -> None:
+    # The kernel announces a listener's queued children too, with the
+    # listener's port, dport 0 and the peer as destination: not listeners.
+    for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        server = listener(address, family)
+        clients = [socket.create_connection(server.getsockname()[:2]) for _ in range(3)]
+        port = server.getsockname()[1]
+        server.close()
+        assert wait_readable(watch)
+        time.sleep(0.1)  # the children's messages, if any passed, come right after
+        assert [(e.address, e.port) for e in watch.read().sockets] == [(address, port)]
+        for client in clients:
+            client.close()
+
+
 def test_the_decoder_drops_connections_too_without_the_filter(netns: None) -> None:
     # The same churn through an unfiltered subscription: the messages do
     # arrive, and parse_destroyed keeps none of them.

@@ -147,9 +147,14 @@ def test_refused_in_a_private_network_namespace() -> None:
     assert "initial network namespace" in reason
 
 
-def test_ignored_in_a_private_pid_namespace() -> None:
+@pytest.mark.parametrize(
+    "prefix",
+    [("unshare", "--pid", "--fork"), ("unshare", "--user", "--map-root-user")],
+    ids=["pid", "user"],
+)
+def test_ignored_in_a_private_pid_or_user_namespace(prefix: tuple[str, ...]) -> None:
     needs_root()
-    code, reason = subscribe_in("unshare", "--pid", "--fork").split("|")
+    code, reason = subscribe_in(*prefix).split("|")
     assert code == "None"
     assert "non-initial PID or user namespace" in reason
 
