@@ -7,6 +7,7 @@ leaks into an assertion.
 
 from __future__ import annotations
 
+import doctest
 import os
 import select
 import shutil
@@ -15,12 +16,15 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portwatchd import transient
 from portwatchd.model import Endpoint
+from portwatchd.sources import netlink_parse
 from portwatchd.sources.base import ScanError
 from portwatchd.sources.destroy import DestroyWatch, ephemeral_range
 from portwatchd.sources.destroy_parse import parse_destroyed
@@ -255,3 +259,9 @@ def test_an_unprivileged_user_hears_the_close_of_roots_listener(netns: None) -> 
         server.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ready", key]
+
+
+@pytest.mark.parametrize("module", [transient, netlink_parse], ids=lambda m: m.__name__)
+def test_the_examples_in_the_docstrings(module: ModuleType) -> None:
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0

@@ -8,6 +8,7 @@ subprocess inside a new namespace (`unshare`) or without CAP_NET_ADMIN
 
 from __future__ import annotations
 
+import doctest
 import errno
 import os
 import select
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portwatchd.sources import execwatch
 from portwatchd.sources.execwatch import (
     CN_MSG,
     EVENT_DATA,
@@ -187,3 +189,11 @@ def test_works_without_cap_net_admin_on_newer_kernels() -> None:
         pytest.skip(f"the proc connector cannot be used here at all: {with_all}")
     said = subscribe_in("setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin")
     assert said == "subscribed"
+
+
+def test_kernel_release_decides_the_event_filter() -> None:
+    failures, tried = doctest.testmod(execwatch)
+    assert tried > 0 and failures == 0
+    assert not kernel_filters_events("6.5.13")
+    assert kernel_filters_events("6.6.0")
+    assert kernel_filters_events("7.0-rc1")

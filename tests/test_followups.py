@@ -6,12 +6,14 @@ times it looked; execs arrive at given times.
 
 from __future__ import annotations
 
+import doctest
 import itertools
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portwatchd import followups
 from portwatchd.followups import DELAYS, FollowUps
 
 
@@ -112,3 +114,8 @@ def test_below_the_storm_rate_each_exec_is_followed() -> None:
 def test_delays_must_be_given() -> None:
     with pytest.raises(ValueError, match="delays"):
         FollowUps(())
+
+
+def test_the_example_in_the_module_docstring() -> None:
+    failures, tried = doctest.testmod(followups)
+    assert tried > 0 and failures == 0
