@@ -7,6 +7,12 @@ state is already TCP_CLOSE), only its shape: a local port and no peer
 socket bound for one; for UDP a client's unconnected socket has the same
 shape, but its port comes from the ephemeral range, so a UDP socket
 counts only outside that range (net.ipv4.ip_local_port_range).
+
+Known limit: a TCP socket bound and closed without listen() (a program
+probing for a free port) has the shape of a listener at its close; the
+kernel's message cannot tell them apart (measured on 6.18: the same
+fields, tcp_info included). A refused connect() is not mistaken: the
+kernel resets its dport to 0 but keeps the peer's address.
 """
 
 from __future__ import annotations

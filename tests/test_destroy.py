@@ -140,6 +140,16 @@ def test_unaccepted_connections_of_a_closing_listener_are_left_out(watch: Destro
             client.close()
 
 
+def test_a_refused_connection_is_left_out(watch: DestroyWatch) -> None:
+    # On a failed connect the kernel resets dport to 0 but keeps the peer.
+    for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        client = socket.socket(family, socket.SOCK_STREAM)
+        with pytest.raises(ConnectionRefusedError):
+            client.connect((address, 1))
+        client.close()
+    assert not wait_readable(watch, 0.3)
+
+
 def test_the_decoder_drops_connections_too_without_the_filter(netns: None) -> None:
     # The same churn through an unfiltered subscription: the messages do
     # arrive, and parse_destroyed keeps none of them.
