@@ -17,6 +17,8 @@ kernel resets its dport to 0 but keeps the peer's address.
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
+
 from portwatchd.model import Endpoint
 
 PortRange = tuple[int, int]
@@ -58,3 +60,30 @@ def is_listening_shaped(endpoint: Endpoint, ephemeral: PortRange) -> bool:
         return True
     low, high = ephemeral
     return not low <= endpoint.port <= high
+
+
+def split_destroyed(
+    closed: Iterable[Endpoint], seen: Container[tuple[int, int]], ephemeral: PortRange
+) -> tuple[list[Endpoint], list[Endpoint]]:
+    """(closes of sockets a look saw, listeners that lived unseen) among destroyed sockets.
+
+    `seen` holds the (netns, cookie) of every socket a look listed; a
+    socket with cookie 0 (a source that cannot tell) is never matched. The
+    rest counts as a listener that lived between two looks only when it is
+    listening-shaped; other closes (a UDP client's socket) are dropped.
+
+    >>> udp_client = Endpoint("udp", "ipv4", "0.0.0.0", 40000, cookie=7)
+    >>> listener = Endpoint("tcp", "ipv4", "0.0.0.0", 80, cookie=8)
+    >>> short = Endpoint("tcp", "ipv4", "127.0.0.1", 9000, cookie=9)
+    >>> known, unseen = split_destroyed([udp_client, listener, short], {(0, 8)}, (32768, 60999))
+    >>> [e.port for e in known], [e.port for e in unseen]
+    ([80], [9000])
+    """
+    known: list[Endpoint] = []
+    unseen: list[Endpoint] = []
+    for endpoint in closed:
+        if endpoint.cookie and (endpoint.netns, endpoint.cookie) in seen:
+            known.append(endpoint)
+        elif is_listening_shaped(endpoint, ephemeral):
+            unseen.append(endpoint)
+    return known, unseen

@@ -29,7 +29,7 @@ from portwatchd.sources.base import ScanError
 from portwatchd.sources.destroy import DestroyWatch, ephemeral_range
 from portwatchd.sources.destroy_parse import parse_destroyed
 from portwatchd.sources.netlink import NetlinkScanner
-from portwatchd.transient import is_listening_shaped
+from portwatchd.transient import is_listening_shaped, split_destroyed
 from tests.netns import private_netns
 from tests.other_user import python_as
 
@@ -275,3 +275,26 @@ def test_an_unprivileged_user_hears_the_close_of_roots_listener(netns: None) -> 
 def test_the_examples_in_the_docstrings(module: ModuleType) -> None:
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
+
+
+def test_a_listener_no_look_saw_is_told_from_one_a_look_saw(watch: DestroyWatch) -> None:
+    # The engine's question, on real sockets: a dump saw `seen_server`, no
+    # look saw `short_lived` (open 50 ms), and a UDP client came and went.
+    seen_server = listener()
+    with NetlinkScanner() as scanner:
+        seen = {(this_netns(), e.cookie) for e in scanner.scan()}
+    short_lived = listener()
+    short_port = short_lived.getsockname()[1]
+    time.sleep(0.05)
+    short_lived.close()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.sendto(b"x", ("127.0.0.1", 9))
+    client.close()
+    seen_port = seen_server.getsockname()[1]
+    seen_server.close()
+    closed: list[Endpoint] = []
+    while len(closed) < 3 and wait_readable(watch):
+        closed += watch.read().sockets
+    known, unseen = split_destroyed(closed, seen, ephemeral_range())
+    assert [e.port for e in known] == [seen_port]
+    assert [e.port for e in unseen] == [short_port]
