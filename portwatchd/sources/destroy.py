@@ -59,7 +59,7 @@ class DestroyBatch:
     overrun: bool = False
 
 
-def _unavailable(exc: OSError, what: str) -> ScanError:
+def _open_error(exc: OSError, what: str) -> ScanError:
     reason = exc.strerror or str(exc)
     hint = ""
     if exc.errno in (errno_codes.EAFNOSUPPORT, errno_codes.EPERM, errno_codes.EACCES):
@@ -116,12 +116,12 @@ class DestroyWatch:
             try:
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
             except OSError as exc:
-                raise _unavailable(exc, "cannot open a NETLINK_SOCK_DIAG socket") from exc
+                raise _open_error(exc, "cannot open a NETLINK_SOCK_DIAG socket") from exc
         try:
             self._subscribe(sock, receive_buffer)
         except OSError as exc:
             sock.close()
-            raise _unavailable(exc, "cannot subscribe to sock_diag destroy messages") from exc
+            raise _open_error(exc, "cannot subscribe to sock_diag destroy messages") from exc
         except BaseException:
             sock.close()
             raise

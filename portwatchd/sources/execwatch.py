@@ -22,6 +22,7 @@ and counts exec events. Kernel facts it relies on:
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_codes
 import os
 import secrets
@@ -32,14 +33,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Final, Self
 
+from portwatchd.sources.destroy import raise_receive_buffer
+
 NETLINK_CONNECTOR: Final = 11
 CN_IDX_PROC: Final = 1
 CN_VAL_PROC: Final = 1
 PROC_CN_MCAST_LISTEN: Final = 1
+PROC_CN_MCAST_IGNORE: Final = 2
 PROC_EVENT_NONE: Final = 0
 PROC_EVENT_EXEC: Final = 0x00000002
 NLMSG_DONE: Final = 3
-SO_RCVBUFFORCE: Final = 33
 # struct nlmsghdr (host order) and struct cn_msg { struct cb_id { u32 idx, val; };
 # u32 seq, ack; u16 len, flags; u8 data[]; }
 NLMSGHDR: Final = struct.Struct("=IHHII")
@@ -96,16 +99,12 @@ def kernel_filters_events(release: str) -> bool:
     return tuple(numbers) >= (6, 6)
 
 
-def listen_request(ack: int, *, event_filter: bool) -> bytes:
+def listen_request(ack: int, *, event_filter: bool, op: int = PROC_CN_MCAST_LISTEN) -> bytes:
     """A PROC_CN_MCAST_LISTEN request; with `event_filter`, exec events only (Linux >= 6.6).
 
     `ack` comes back in the acknowledgement, plus one.
     """
-    data = (
-        struct.pack("=II", PROC_CN_MCAST_LISTEN, PROC_EVENT_EXEC)
-        if event_filter
-        else struct.pack("=I", PROC_CN_MCAST_LISTEN)
-    )
+    data = struct.pack("=II", op, PROC_EVENT_EXEC) if event_filter else struct.pack("=I", op)
     header = NLMSGHDR.pack(HEADERS + len(data), NLMSG_DONE, 0, 0, 0)
     return header + CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(data), 0) + data
 
@@ -146,6 +145,7 @@ class ExecWatch:
         self, *, ack_timeout: float = ACK_TIMEOUT_S, receive_buffer: int = RECEIVE_BUFFER_BYTES
     ) -> None:
         self.kernel_filtered = False
+        self._listening = False
         self._buffer = bytearray(DATAGRAM_BYTES)
         # Every listener of the group receives every acknowledgement: ours
         # is told apart by an `ack` number no other process is likely to use.
@@ -163,10 +163,7 @@ class ExecWatch:
 
     def _subscribe(self, sock: socket.socket, ack_timeout: float, receive_buffer: int) -> None:
         try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            raise_receive_buffer(sock, receive_buffer)
             sock.bind((0, CN_IDX_PROC))  # port ID chosen by the kernel
         except OSError as exc:
             raise _refusal(exc, "cannot join the proc connector's group") from exc
@@ -183,6 +180,7 @@ class ExecWatch:
             )
         if error != 0:
             raise _refusal(OSError(error, os.strerror(error)), "PROC_CN_MCAST_LISTEN refused")
+        self._listening = True
         # Exec events only, from Linux 6.6 on; an older kernel ignores a
         # request of this size and goes on sending every event.
         self._request(sock, event_filter=True, timeout=0)
@@ -247,6 +245,12 @@ class ExecWatch:
 
     def close(self) -> None:
         if self._sock is not None:
+            if self._listening:
+                # The kernel counts listeners and builds events while any is
+                # left; a socket closed without IGNORE stays counted before
+                # Linux 6.6 (no release hook there).
+                with contextlib.suppress(OSError):
+                    self._sock.send(listen_request(0, event_filter=False, op=PROC_CN_MCAST_IGNORE))
             self._sock.close()
             self._sock = None
 
