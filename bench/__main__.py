@@ -22,6 +22,7 @@ from bench.client import SECTION as CLIENT_SECTION
 from bench.control import SECTION as CONTROL_SECTION
 from bench.daemon import SECTION as DAEMON_SECTION
 from bench.daemon_store import SECTION as DAEMON_STORE_SECTION
+from bench.latency import SECTION as LATENCY_SECTION
 from bench.load import LoadError
 from bench.namespaces import SECTION as NAMESPACES_SECTION
 from bench.netns import NetnsError, enter_private_netns
@@ -38,6 +39,7 @@ SECTIONS[CLIENT_SECTION.name] = CLIENT_SECTION
 SECTIONS[DAEMON_STORE_SECTION.name] = DAEMON_STORE_SECTION
 SECTIONS[CHURN_SECTION.name] = CHURN_SECTION
 SECTIONS[NAMESPACES_SECTION.name] = NAMESPACES_SECTION
+SECTIONS[LATENCY_SECTION.name] = LATENCY_SECTION
 
 EXIT_PASSED = 0
 EXIT_TARGET_FAILED = 1

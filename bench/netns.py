@@ -35,11 +35,19 @@ def netns_unavailable_reason() -> str | None:
     return None
 
 
+# The namespace the benchmark started in, kept open by the first
+# enter_private_netns(), for a section that must run there (started_netns).
+_started_in: int | None = None
+
+
 def enter_private_netns() -> None:
     """unshare(CLONE_NEWNET) this process, bring lo up and widen the ephemeral ports."""
+    global _started_in
     reason = netns_unavailable_reason()
     if reason:
         raise NetnsError(reason)
+    if _started_in is None:
+        _started_in = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     if _libc.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise NetnsError(f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
@@ -74,3 +82,29 @@ def sibling_netns() -> Iterator[None]:
                 raise NetnsError(f"setns(back to the benchmark's namespace): {os.strerror(err)}")
     finally:
         os.close(original)
+
+
+@contextmanager
+def started_netns() -> Iterator[None]:
+    """Step back into the namespace the benchmark started in for the block.
+
+    For what works only there (the proc connector wants the initial
+    namespace). Without an earlier enter_private_netns(), the block runs
+    where it is.
+    """
+    if _started_in is None:
+        yield
+        return
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if _libc.setns(_started_in, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NetnsError(f"setns(the namespace the benchmark started in): {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(here, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise NetnsError(f"setns(back to the benchmark's namespace): {os.strerror(err)}")
+    finally:
+        os.close(here)

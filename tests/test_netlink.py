@@ -41,28 +41,30 @@ def by_inode(endpoints: list[Endpoint]) -> list[Endpoint]:
     return sorted(endpoints, key=lambda e: e.inode)
 
 
+# The cookies are the "sk:" column of netlink_ss_antue.txt, which ss prints
+# from the same two idiag_cookie words.
 EXPECTED = {
     "tcp4": [
-        Endpoint("tcp", "ipv4", "0.0.0.0", 22, "", None, 139732, 0),
-        Endpoint("tcp", "ipv4", "127.0.0.1", 8080, "", None, 139733, 65534),
+        Endpoint("tcp", "ipv4", "0.0.0.0", 22, "", None, 139732, 0, cookie=0x1BE19),
+        Endpoint("tcp", "ipv4", "127.0.0.1", 8080, "", None, 139733, 65534, cookie=0x1BE1A),
     ],
     "tcp6": [
-        Endpoint("tcp", "ipv6", "::", 22, "", True, 139734, 0),
-        Endpoint("tcp", "ipv6", "::", 80, "", False, 139735, 0),
-        Endpoint("tcp", "ipv6", "::ffff:127.0.0.1", 8443, "", False, 139736, 0),
+        Endpoint("tcp", "ipv6", "::", 22, "", True, 139734, 0, cookie=0x1BE1F),
+        Endpoint("tcp", "ipv6", "::", 80, "", False, 139735, 0, cookie=0x1BE20),
+        Endpoint("tcp", "ipv6", "::ffff:127.0.0.1", 8443, "", False, 139736, 0, cookie=0x1BE1E),
     ],
     "udp4": [
-        Endpoint("udp", "ipv4", "0.0.0.0", 5353, "", None, 139740, 0),
-        Endpoint("udp", "ipv4", "127.0.0.53", 53, "lo", None, 139741, 0),
+        Endpoint("udp", "ipv4", "0.0.0.0", 5353, "", None, 139740, 0, cookie=0x1BE21),
+        Endpoint("udp", "ipv4", "127.0.0.53", 53, "lo", None, 139741, 0, cookie=0x1BE24),
         # Two SO_REUSEPORT sockets: one key, two inodes.
-        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139744, 0),
-        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139745, 0),
+        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139744, 0, cookie=0x1BE23),
+        Endpoint("udp", "ipv4", "127.0.0.1", 6000, "", None, 139745, 0, cookie=0x1BE22),
         # Auto-bound by sendto(2), never bind(2): unconnected, so listed (as by ss -lnu).
-        Endpoint("udp", "ipv4", "0.0.0.0", 33160, "", None, 139747, 0),
+        Endpoint("udp", "ipv4", "0.0.0.0", 33160, "", None, 139747, 0, cookie=0x1BE25),
     ],
     "udp6": [
-        Endpoint("udp", "ipv6", "::", 546, "", True, 139742, 0),
-        Endpoint("udp", "ipv6", "::ffff:127.0.0.1", 5300, "", False, 139743, 0),
+        Endpoint("udp", "ipv6", "::", 546, "", True, 139742, 0, cookie=0x1BE28),
+        Endpoint("udp", "ipv6", "::ffff:127.0.0.1", 5300, "", False, 139743, 0, cookie=0x1BE27),
     ],
 }
 
@@ -102,21 +104,34 @@ def _nlmsg(msg_type: int, payload: bytes, seq: int = 7) -> bytes:
 
 
 def _listener_v4(
-    address: str, port: int, ifindex: int, uid: int, inode: int, *, state: int = 10, dport: int = 0
+    address: str,
+    port: int,
+    ifindex: int,
+    uid: int,
+    inode: int,
+    *,
+    state: int = 10,
+    dport: int = 0,
+    cookie: int = 0,
 ) -> bytes:
     body = struct.pack("=BBBB", socket.AF_INET, state, 0, 0)
     body += struct.pack(">HH", port, dport)  # network byte order
     body += socket.inet_aton(address) + b"\0" * 12 + b"\0" * 16
-    body += struct.pack("=I8x", ifindex) + struct.pack("=IIIII", 0, 0, 0, uid, inode)
+    body += struct.pack("=III", ifindex, cookie & 0xFFFFFFFF, cookie >> 32)
+    body += struct.pack("=IIIII", 0, 0, 0, uid, inode)
     return _nlmsg(20, body)
 
 
 def test_worked_example_from_the_docstring() -> None:
-    data = _listener_v4("127.0.0.1", 8080, 1, 1000, 12345) + _nlmsg(3, struct.pack("=i", 0))
+    data = _listener_v4("127.0.0.1", 8080, 1, 1000, 12345, cookie=298)
+    data += _nlmsg(3, struct.pack("=i", 0))
     assert data[20:24] == bytes.fromhex("1f900000"), "sport 8080 goes big-endian on the wire"
+    assert data[60:68] == bytes.fromhex("2a01000000000000"), "cookie[0], cookie[1] in host order"
     endpoints, done = parse_dump(data, "tcp", expected_seq=7, interface_name=lo_only)
     assert done
-    assert endpoints == [Endpoint("tcp", "ipv4", "127.0.0.1", 8080, "lo", None, 12345, 1000)]
+    assert endpoints == [
+        Endpoint("tcp", "ipv4", "127.0.0.1", 8080, "lo", None, 12345, 1000, cookie=298)
+    ]
     assert endpoints[0].key == "tcp:127.0.0.1%lo:8080"
 
 
@@ -263,3 +278,17 @@ def test_reused_endpoint_is_not_handed_out_for_changed_fields() -> None:
     before = parse_dump(_listener_v4("10.0.0.1", 22, 0, 0, 5), "tcp", reuse=reuse)[0]  # type: ignore[arg-type]
     after = parse_dump(_listener_v4("10.0.0.2", 22, 0, 0, 5), "tcp", reuse=reuse)[0]  # type: ignore[arg-type]
     assert [e.address for e in before + after] == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_cookie_halves_make_one_u64_low_word_first() -> None:
+    big = 0x1_2345_6789
+    endpoint = parse_dump(_listener_v4("10.0.0.1", 22, 0, 0, 5, cookie=big), "tcp")[0][0]
+    assert endpoint.cookie == big
+
+
+def test_reused_endpoint_is_not_handed_out_for_another_cookie() -> None:
+    # Same fields but another socket (an inode number reused after a close).
+    reuse: dict[object, Endpoint] = {}
+    before = parse_dump(_listener_v4("10.0.0.1", 22, 0, 0, 5, cookie=1), "tcp", reuse=reuse)[0]  # type: ignore[arg-type]
+    after = parse_dump(_listener_v4("10.0.0.1", 22, 0, 0, 5, cookie=2), "tcp", reuse=reuse)[0]  # type: ignore[arg-type]
+    assert [e.cookie for e in before + after] == [1, 2]

@@ -29,7 +29,9 @@ Worked example, one IPv4 TCP listener on 127.0.0.1:8080 on x86-64
                  as inet_ntop(AF_INET, ...) wants them (IPv6 uses all 16)
     ...          src[1..3] (0 for IPv4), dst[4]
     01 00 00 00  if = 1 (host order) -> "lo" via if_indextoname
-    ...          cookie[2], expires, rqueue, wqueue
+    2a 01 00 00  cookie[0] = 0x12a (host order), the low half of the
+    00 00 00 00  cookie[1] = 0       socket's u64 cookie: 0x12a = 298
+    ...          expires, rqueue, wqueue
     e8 03 00 00  uid   = 1000 (host order)
     39 30 00 00  inode = 12345 (host order)
     then attributes (struct rtattr: u16 len, u16 type, host order),
@@ -71,7 +73,7 @@ NLMSGHDR: Final = struct.Struct("=IHHII")
 #   u32 expires, rqueue, wqueue, uid, inode; }
 # Ports are read here as native u16 and turned around with ntohs(); the
 # addresses stay raw bytes for inet_ntop().
-INET_DIAG_MSG: Final = struct.Struct("=BBxx HH 16s 16x I 8x 12x II")
+INET_DIAG_MSG: Final = struct.Struct("=BBxx HH 16s 16s I II 12x II")
 RTATTR: Final = struct.Struct("=HH")
 ERRNO: Final = struct.Struct("=i")
 
@@ -97,9 +99,24 @@ def interface_name(index: int) -> str:
         return str(index)
 
 
-# The fields an endpoint is made of: is TCP, family, sport, src, uid, inode, v6only
-# (and interface "": device-bound sockets are never reused).
-ReuseKey = tuple[bool, int, int, bytes, int, int, bool | None]
+# The fields an endpoint is made of: is TCP, family, sport, src, uid, inode,
+# v6only, cookie (and interface "": device-bound sockets are never reused).
+ReuseKey = tuple[bool, int, int, bytes, int, int, bool | None, int]
+
+
+def socket_cookie(low: int, high: int) -> int:
+    """The u64 cookie from `idiag_cookie[0]` and `[1]`, as the kernel split it.
+
+    sock_diag_save_cookie() (net/core/sock_diag.c) stores the low 32 bits
+    in cookie[0] and the high 32 bits in cookie[1], each a host-order u32;
+    the whole is the value getsockopt(SO_COOKIE) returns and `ss -e` prints
+    as "sk:<hex>". Two u32 read in host order, not one u64, so that the
+    result is right on big-endian hosts too.
+
+    >>> hex(socket_cookie(0x1BE19, 0)), hex(socket_cookie(0x2, 0x1))
+    ('0x1be19', '0x100000002')
+    """
+    return low | (high << 32)
 
 
 def parse_dump(
@@ -130,7 +147,7 @@ def parse_dump(
     known: dict[ReuseKey, Endpoint] = {} if reuse is None else reuse
     endpoints: list[Endpoint] = []
     view = data if isinstance(data, bytes) else memoryview(data).cast("B")
-    for offset, msg_type, body, end in _messages(view, expected_seq):
+    for offset, msg_type, body, end in messages(view, expected_seq):
         if msg_type == SOCK_DIAG_BY_FAMILY:
             endpoint = _listening_endpoint(
                 view, offset, end, proto=proto, interface_name=interface_name, known=known
@@ -142,7 +159,7 @@ def parse_dump(
     return endpoints, False
 
 
-def _messages(
+def messages(
     view: bytes | memoryview, expected_seq: int | None
 ) -> Iterator[tuple[int, int, int, int]]:
     """Walk the netlink headers: (offset, type, body offset, end) of each message.
@@ -195,7 +212,10 @@ def _listening_endpoint(
             source=SOURCE,
             offset=offset,
         )
-    family, state, sport, dport, src, ifindex, uid, inode = INET_DIAG_MSG.unpack_from(view, body)
+    family, state, sport, dport, src, _dst, ifindex, low, high, uid, inode = (
+        INET_DIAG_MSG.unpack_from(view, body)
+    )
+    cookie = socket_cookie(low, high)
     if family == AF_INET6:
         v6only = _v6only(view, body + INET_DIAG_MSG_SIZE, end)
     elif family == AF_INET:
@@ -209,7 +229,7 @@ def _listening_endpoint(
     if state != (TCP_LISTEN if is_tcp else TCP_CLOSE) or not (is_tcp or dport == 0):
         return None
     if ifindex != 0:
-        return _endpoint(
+        return make_endpoint(
             proto,
             family,
             src,
@@ -218,17 +238,26 @@ def _listening_endpoint(
             v6only=v6only,
             inode=inode,
             uid=uid,
+            cookie=cookie,
         )
-    key = (is_tcp, family, sport, src, uid, inode, v6only)
+    key = (is_tcp, family, sport, src, uid, inode, v6only, cookie)
     endpoint = known.get(key)
     if endpoint is None:
-        endpoint = known[key] = _endpoint(
-            proto, family, src, sport, interface="", v6only=v6only, inode=inode, uid=uid
+        endpoint = known[key] = make_endpoint(
+            proto,
+            family,
+            src,
+            sport,
+            interface="",
+            v6only=v6only,
+            inode=inode,
+            uid=uid,
+            cookie=cookie,
         )
     return endpoint
 
 
-def _endpoint(
+def make_endpoint(
     proto: Proto,
     family: int,
     src: bytes,
@@ -238,10 +267,21 @@ def _endpoint(
     v6only: bool | None,
     inode: int,
     uid: int,
+    cookie: int,
+    netns: int = 0,
 ) -> Endpoint:
     address = socket.inet_ntop(family, src[: ADDRESS_BYTES[family]])
     return Endpoint(
-        proto, FAMILY_NAMES[family], address, socket.ntohs(sport), interface, v6only, inode, uid
+        proto,
+        FAMILY_NAMES[family],
+        address,
+        socket.ntohs(sport),
+        interface,
+        v6only,
+        inode,
+        uid,
+        netns=netns,
+        cookie=cookie,
     )
 
 
@@ -274,6 +314,12 @@ def _control_message(
 
 def _v6only(view: bytes | memoryview, offset: int, end: int) -> bool | None:
     """INET_DIAG_SKV6ONLY from the attributes in view[offset:end], None if absent."""
+    value = attribute_u8(view, offset, end, INET_DIAG_SKV6ONLY)
+    return None if value is None else bool(value)
+
+
+def attribute_u8(view: bytes | memoryview, offset: int, end: int, wanted: int) -> int | None:
+    """The u8 value of attribute `wanted` in view[offset:end], None if absent."""
     while end - offset >= RTATTR.size:
         attr_len, attr_type = RTATTR.unpack_from(view, offset)
         if attr_len < RTATTR.size or attr_len > end - offset:
@@ -282,8 +328,8 @@ def _v6only(view: bytes | memoryview, offset: int, end: int) -> bool | None:
                 source=SOURCE,
                 offset=offset,
             )
-        if attr_type == INET_DIAG_SKV6ONLY and attr_len > RTATTR.size:
-            return bool(view[offset + RTATTR.size])
+        if attr_type == wanted and attr_len > RTATTR.size:
+            return view[offset + RTATTR.size]
         offset += (attr_len + 3) & ~3  # RTA_ALIGN
     return None
 
