@@ -80,6 +80,8 @@ class Config:
     # A key reopened this soon after it closed, by the same program or unit,
     # is reported as restarted; 0 = never.
     restart_grace: float = 5.0
+    # Kernel notices (sock_diag destroy messages, exec events) on top of the poll.
+    realtime: bool = True
     backend: str = "auto"  # auto | netlink | proc
     owners: bool = True
     state_dir: str = "/var/lib/portwatchd"

@@ -26,7 +26,7 @@ PARTS = (
     "socket",
 )
 # Keys read at start only: a reload names them and leaves them be.
-RESTART_ONLY = ("state_dir", "log_target", "log_format")
+RESTART_ONLY = ("state_dir", "log_target", "log_format", "realtime")
 _PART_KEYS = {
     "interval": ("interval",),
     "restarts": ("restart_grace",),
@@ -110,6 +110,7 @@ def diff_config(old: Config, new: Config) -> ConfigChange:
             "state_dir",
             "log_target",
             "log_format",
+            "realtime",
         )
         if _value(key, old) != _value(key, new)
     ]

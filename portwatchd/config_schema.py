@@ -231,6 +231,7 @@ HISTORY_MAX_AGE_MAX_S = 3650 * 86400.0
 TOP_LEVEL: dict[str, tuple[str, Check]] = {
     "interval": ("interval", seconds(0.1, 3600)),
     "restart_grace": ("restart_grace", seconds(0, 3600)),
+    "realtime": ("realtime", boolean),
     "backend": ("backend", choice("auto", "netlink", "proc")),
     "owners": ("owners", boolean),
     "state_dir": ("state_dir", non_empty_string),

@@ -155,6 +155,7 @@ def build_runner(
     from portwatchd.outputs.journal import JournalSink, open_sink
     from portwatchd.outputs.journal_writer import JournalWriter
     from portwatchd.places import Places
+    from portwatchd.realtime import RealTime
     from portwatchd.reload import Reloader
     from portwatchd.runner import Runner
     from portwatchd.sources.allns import AllNamespaces
@@ -196,6 +197,7 @@ def build_runner(
         say=writer.say,
         owners_enabled=config.owners,
         restart_grace=config.restart_grace,
+        ephemeral=ephemeral_ports(writer.say),
         defer=reactor.call_soon_threadsafe,
     )
 
@@ -209,11 +211,26 @@ def build_runner(
         control_inherited=inherited is not None,
         state_dir=config.state_dir,
     )
+    realtime = RealTime(engine, reactor, say=writer.say) if config.realtime else None
     runner: Runner = Runner(
         config, engine=engine, log=log, writer=writer, reloader=reloader,
-        notifier=Notifier(), reactor=reactor,
+        notifier=Notifier(), reactor=reactor, realtime=realtime,
     )  # fmt: skip
     return runner
+
+
+def ephemeral_ports(say: Callable[[int, str], None]) -> tuple[int, int]:
+    """The kernel's ephemeral port range: a UDP socket closed unseen is a
+    transient listener only outside it (a client's socket is inside)."""
+    from portwatchd.sources.base import ScanError
+    from portwatchd.sources.destroy import ephemeral_range
+    from portwatchd.transient import DEFAULT_EPHEMERAL
+
+    try:
+        return ephemeral_range()
+    except ScanError as err:
+        say(PRIORITY_WARNING, f"{err}; taking the kernel's default {DEFAULT_EPHEMERAL}")
+        return DEFAULT_EPHEMERAL
 
 
 def open_log(config: Config, *, reads_journal: bool) -> EventLog:

@@ -13,12 +13,12 @@ Only the loop thread touches an Engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from portwatchd.classify import Judge, RestartWindow, classify, owner_changes
-from portwatchd.diff import Change, Snapshot, diff_snapshots, snapshot_of
+from portwatchd.diff import Snapshot, diff_snapshots, snapshot_of
 from portwatchd.log import EventLog
 from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
 from portwatchd.model import (
@@ -32,87 +32,25 @@ from portwatchd.model import (
     rfc3339,
     utc_now,
 )
+from portwatchd.passes import Chunk, EngineStats, Pass, chunks_of
 from portwatchd.sources.base import ScanError, Scanner
+from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange, split_destroyed
 
 Say = Callable[[int, str], None]
 
-
-def counted(count: int, noun: str) -> str:
-    """ "1 port", "12 ports"."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-@dataclass(slots=True)
-class _Pass:
-    """One scan's results, waiting for the owners of its new sockets."""
-
-    endpoints: list[Endpoint]
-    snapshot: Snapshot
-    sockets: dict[int, Endpoint]  # inode -> socket, for the whole scan
-    changes: list[Change]
-    detected: Detection
-    started: float
-    baseline: bool  # the first scan of a fresh install: no events, only the snapshot
-    new: set[int] = field(default_factory=set)
-    gone: set[int] = field(default_factory=set)
-    rechecked: bool = False  # the owners of the sockets that stay were checked
-
-
-# Events (with their sockets) appended per turn of the loop.
-APPEND_CHUNK = 2000
 # How often the owners of sockets that stay are checked (the main holder
 # still alive, the same program, still holding the socket: see
 # OwnerResolver.recheck). A check of a few dozen holders costs well under
 # a millisecond.
 OWNER_RECHECK_S = 2.0
-_Chunk = tuple[list[EventDraft], list[tuple[Endpoint, Owner]], list[Endpoint]]
+# How long the cookie of a socket a look found gone is kept: its destroy
+# message comes within milliseconds (a kernel work queue), or was lost.
+CLOSED_COOKIES_KEPT_S = 10.0
 
 
-def _chunks(
-    drafts: list[EventDraft], added: list[tuple[Endpoint, Owner]], removed: list[Endpoint]
-) -> list[_Chunk]:
-    """Split a pass into chunks of at most APPEND_CHUNK events, each with the
-    socket changes of its events' keys; socket changes of no event go last."""
-    added_by_key: dict[str, list[tuple[Endpoint, Owner]]] = {}
-    for row in added:
-        added_by_key.setdefault(row[0].key, []).append(row)
-    removed_by_key: dict[str, list[Endpoint]] = {}
-    for endpoint in removed:
-        removed_by_key.setdefault(endpoint.key, []).append(endpoint)
-    chunks: list[_Chunk] = []
-    for start in range(0, len(drafts), APPEND_CHUNK):
-        part = drafts[start : start + APPEND_CHUNK]
-        keys = {draft.endpoint.key for draft in part}
-        chunks.append(
-            (
-                part,
-                [row for key in keys for row in added_by_key.pop(key, ())],
-                [endpoint for key in keys for endpoint in removed_by_key.pop(key, ())],
-            )
-        )
-    rest_added = [row for rows in added_by_key.values() for row in rows]
-    rest_removed = [endpoint for rows in removed_by_key.values() for endpoint in rows]
-    for start in range(0, max(len(rest_added), len(rest_removed)), APPEND_CHUNK):
-        chunks.append(
-            (
-                [],
-                rest_added[start : start + APPEND_CHUNK],
-                rest_removed[start : start + APPEND_CHUNK],
-            )
-        )
-    return chunks
-
-
-@dataclass(slots=True)
-class EngineStats:
-    scans_total: int = 0
-    scan_errors_total: int = 0
-    confirmations_total: int = 0  # second looks at sockets one scan missed
-    last_scan_time: str | None = None
-    last_scan_duration_ms: float | None = None
-    scan_error: str | None = None
-    events_by_type: dict[str, int] = field(default_factory=dict)
-    detections: dict[str, int] = field(default_factory=dict)
+def counted(count: int, noun: str) -> str:
+    """ "1 port", "12 ports"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class Engine:
@@ -127,6 +65,7 @@ class Engine:
         owners_enabled: bool = True,
         restart_grace: float = 5.0,
         owner_recheck_s: float = OWNER_RECHECK_S,
+        ephemeral: PortRange = DEFAULT_EPHEMERAL,
         defer: Callable[[Callable[[], None]], None] = lambda work: work(),
         wall_clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
@@ -150,9 +89,17 @@ class Engine:
         # owner they had, for the owner_changed event once it is.
         self._stale_owners: dict[int, Owner] = {}
         self._owner_recheck_s = owner_recheck_s
+        self.ephemeral = ephemeral
+        # (netns, cookie) -> inode of every socket in the snapshot: destroy
+        # messages name sockets by cookie.
+        self._by_cookie: dict[tuple[int, int], int] = {}
+        self._held_destroys: list[Endpoint] = []
+        # (netns, cookie) -> when a look found it gone (see _remember_closed).
+        self._closed_cookies: dict[tuple[int, int], float] = {}
+        self._last_look: float | None = None
         self._next_recheck_at = float("-inf")
         self._last_endpoints: list[Endpoint] | None = None
-        self._waiting: _Pass | None = None
+        self._waiting: Pass | None = None
         # Sockets a step's looks all missed, kept until the next step misses
         # them too (scanners whose re-reads are not independent looks).
         self._suspects: set[int] = set()
@@ -167,9 +114,10 @@ class Engine:
 
     # -- the tick ------------------------------------------------------------
 
-    def step(self) -> bool:
+    def step(self, detected: Detection = "scan") -> bool:
         """Scan once and start a pass; False when the previous pass is still
-        waiting for its owners (nothing was done)."""
+        waiting for its owners (nothing was done). `detected` says what
+        asked for this look: the poll ("scan") or an exec ("exec")."""
         if self._waiting is not None:
             return False
         started = self._monotonic()
@@ -178,6 +126,7 @@ class Engine:
         except ScanError as err:
             self._scan_failed(str(err))
             return True
+        self._last_look = started
         if self.stats.scan_error is not None:
             self._say(PRIORITY_INFO, f"scanning works again after: {self.stats.scan_error}")
             self.stats.scan_error = None
@@ -191,8 +140,30 @@ class Engine:
         confirmed = self._confirm_departures(endpoints)
         if confirmed is None:
             return True
-        self._begin_pass(confirmed, started)
+        self._begin_pass(confirmed, started, detected)
         return True
+
+    def destroyed(self, sockets: Sequence[Endpoint]) -> None:
+        """The kernel's destroy messages: sockets whose last reference is gone.
+
+        A listener a look saw closes now, without a second look: the kernel
+        itself says it is gone. A listening-shaped socket no look saw lived
+        between two looks: a `transient` event. While a pass waits for its
+        owners, the messages wait for it (it may hold the very sockets).
+        """
+        if self._waiting is not None or self._first:
+            if not self._first:
+                self._held_destroys.extend(sockets)
+            return
+        fresh = [s for s in sockets if (s.netns, s.cookie) not in self._closed_cookies]
+        known, unseen = split_destroyed(fresh, self._by_cookie, self.ephemeral)
+        gone = {self._by_cookie[(endpoint.netns, endpoint.cookie)] for endpoint in known}
+        if not gone and not unseen:
+            return
+        started = self._monotonic()
+        since_look = started - self._last_look if self._last_look is not None else 0.0
+        endpoints = [endpoint for endpoint in self._sockets.values() if endpoint.inode not in gone]
+        self._begin_pass(endpoints, started, "destroy", transients=unseen, since_look_s=since_look)
 
     def _confirm_departures(self, endpoints: list[Endpoint]) -> list[Endpoint] | None:
         """The scan, with every socket that seems gone looked for once more.
@@ -253,7 +224,15 @@ class Engine:
 
     # -- a pass ----------------------------------------------------------------
 
-    def _begin_pass(self, endpoints: list[Endpoint], started: float) -> None:
+    def _begin_pass(
+        self,
+        endpoints: list[Endpoint],
+        started: float,
+        detected: Detection,
+        *,
+        transients: list[Endpoint] | None = None,
+        since_look_s: float = 0.0,
+    ) -> None:
         if endpoints == self._last_endpoints:  # only the owners are checked
             snapshot, sockets = self._snapshot, self._sockets
         else:
@@ -262,16 +241,18 @@ class Engine:
                 endpoint.inode: endpoint for group in snapshot.values() for endpoint in group
             }
         baseline = self._first and self._log.is_new
-        pass_ = _Pass(
+        pass_ = Pass(
             endpoints=endpoints,
             snapshot=snapshot,
             sockets=sockets,
             changes=[] if baseline else diff_snapshots(self._snapshot, snapshot),
-            detected="startup" if self._first else "scan",
+            detected="startup" if self._first else detected,
             started=started,
             baseline=baseline,
             new=sockets.keys() - self._sockets.keys(),
             gone=self._sockets.keys() - sockets.keys(),
+            transients=transients or [],
+            since_look_s=since_look_s,
         )
         self._waiting = pass_
         self._waiting_since = started
@@ -321,17 +302,25 @@ class Engine:
             self._stale_owners.pop(inode, None)
         refreshed, handed = self._refresh_owners(result, pass_)
         drafts += owner_changes(handed, time=time_text, detected=pass_.detected, judge=judge)
+        drafts += self._transient_drafts(pass_, judge, time_text)
         added = [
             (pass_.sockets[inode], self._owners.get(inode, UNKNOWN_OWNER))
             for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))
         ]
         self._snapshot = pass_.snapshot
-        self._sockets = pass_.sockets
+        if self._sockets is not pass_.sockets:
+            self._remember_closed(removed, now)
+            self._sockets = pass_.sockets
+            self._by_cookie = {
+                (endpoint.netns, endpoint.cookie): inode
+                for inode, endpoint in pass_.sockets.items()
+                if endpoint.cookie
+            }
         self._last_endpoints = pass_.endpoints
-        self._append_chunks(_chunks(drafts, added, removed), pass_, reported=len(drafts))
+        self._append_chunks(chunks_of(drafts, added, removed), pass_, reported=len(drafts))
 
     def _refresh_owners(
-        self, result: LookupResult, pass_: _Pass
+        self, result: LookupResult, pass_: Pass
     ) -> tuple[set[int], list[tuple[Endpoint, Owner, Owner]]]:
         """Take in the owners the lookup found and the ones it found changed.
 
@@ -366,7 +355,7 @@ class Engine:
                     self._stale_owners[inode] = before
         return refreshed, handed
 
-    def _append_chunks(self, chunks: list[_Chunk], pass_: _Pass, *, reported: int) -> None:
+    def _append_chunks(self, chunks: list[Chunk], pass_: Pass, *, reported: int) -> None:
         """Append one chunk now and the rest at later turns of the loop, so
         that a 50,000-socket burst never holds the loop (and the watchdog's
         pings) for the whole of it. Each chunk is one transaction holding
@@ -392,6 +381,37 @@ class Engine:
             self._first = False
             self._report_start(reported, baseline=pass_.baseline)
         self._scanned(pass_.started)
+        if self._held_destroys:
+            held, self._held_destroys = self._held_destroys, []
+            self.destroyed(held)
+
+    def _remember_closed(self, removed: list[Endpoint], now: float) -> None:
+        """A look may find a socket gone before its destroy message is read:
+        the message must then not pass for a listener no look saw."""
+        horizon = now - CLOSED_COOKIES_KEPT_S
+        if self._closed_cookies and min(self._closed_cookies.values()) < horizon:
+            self._closed_cookies = {k: t for k, t in self._closed_cookies.items() if t >= horizon}
+        for endpoint in removed:
+            if endpoint.cookie:
+                self._closed_cookies[(endpoint.netns, endpoint.cookie)] = now
+
+    def _transient_drafts(self, pass_: Pass, judge: Judge, time_text: str) -> list[EventDraft]:
+        """Listeners that opened and closed between two looks: the destroy
+        message says where, and that they lived at most since the last look.
+        Their owner is gone with them."""
+        drafts = []
+        for endpoint in pass_.transients:
+            draft = judge.draft(
+                "transient",
+                endpoint,
+                UNKNOWN_OWNER,
+                time=time_text,
+                detected="destroy",
+                lifetime_max_seconds=round(pass_.since_look_s, 3),
+            )
+            if draft is not None:
+                drafts.append(draft)
+        return drafts
 
     # -- bookkeeping -------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from portwatchd.model import (
     PRIORITY_ERR,
     PRIORITY_INFO,
     PRIORITY_WARNING,
+    Detection,
     Event,
     Loss,
     rfc3339,
@@ -35,6 +36,7 @@ from portwatchd.notify import Notifier, watchdog_interval
 from portwatchd.outputs.journal_writer import JournalWriter
 from portwatchd.outputs.metrics import MetricsError, TextfileWriter, render_metrics
 from portwatchd.reactor import Reactor
+from portwatchd.realtime import RealTime
 from portwatchd.reload import Control, Reloader
 from portwatchd.status import EventRate, status_line, status_report
 
@@ -62,6 +64,7 @@ class Runner:
         reloader: Reloader,
         notifier: Notifier,
         reactor: Reactor,
+        realtime: RealTime | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -72,6 +75,7 @@ class Runner:
         self.reloader = reloader
         self.notifier = notifier
         self.reactor = reactor
+        self.realtime = realtime
         self._monotonic = monotonic
         self._now = wall_clock
         self._started = monotonic()
@@ -79,6 +83,8 @@ class Runner:
         self._reload = False
         self._next_reload = 0.0  # reloads are spaced: a SIGHUP storm is a few reloads
         self._rescan = False
+        # A look a kernel notice asked for (an exec's follow-up, an overrun).
+        self._look: Detection | None = None
         self._reload_waiters: list[Callable[[dict[str, Any]], None]] = []
         self._next_scan = 0.0
         # A quarter of WATCHDOG_USEC rather than sd_watchdog_enabled(3)'s
@@ -115,6 +121,11 @@ class Runner:
         self._rescan = True
         self.reactor.wake()
 
+    def request_look(self, detected: Detection) -> None:
+        """Look at every socket at the next turn (from the loop thread)."""
+        if self._look != "scan":  # a full look for an overrun covers an exec's
+            self._look = detected
+
     # -- the loop ------------------------------------------------------------
 
     def run(self, control: Control) -> int:
@@ -122,6 +133,9 @@ class Runner:
         for loss in self.log.losses(self.log.journaled_seq, self.log.last_seq):
             self.writer.loss(loss)  # found at start: no subscriber heard of it
         self.writer.feed()  # what the last run did not get journaled
+        if self.realtime is not None:
+            # Subscribed before the first look: nothing closes unseen between.
+            self.realtime.start(self)
         self.engine.step()
         while self.engine.waiting_since is not None and not self._stop:
             self._turn(0.1)  # the first pass's owners: the baseline names them
@@ -144,7 +158,8 @@ class Runner:
             self._turn(self._until_due())
             if self._reload and self._monotonic() >= self._next_reload:
                 self._do_reload()
-            if (self._rescan or self._monotonic() >= self._next_scan) and self._scan():
+            due = self._rescan or self._look is not None or self._monotonic() >= self._next_scan
+            if due and self._scan():
                 self._rescan = False
             self._housekeeping()
         self._shutdown()
@@ -159,7 +174,7 @@ class Runner:
         # comes through the reactor and wakes it. Counting the scan as due
         # would spin the loop against the lookup worker.
         scan_possible = self.engine.waiting_since is None
-        if self._stop or (self._rescan and scan_possible):
+        if self._stop or ((self._rescan or self._look is not None) and scan_possible):
             return 0.0
         due = min(self._next_heartbeat, self._next_prune, self._next_metrics)
         if self._reload:
@@ -176,9 +191,16 @@ class Runner:
         # that scans cannot stretch a gap between pings past half the timeout.
         self._ping_if_due(early=0.5)
         started = self._monotonic()
-        if not self.engine.step():
+        polled = self._rescan or started >= self._next_scan
+        detected: Detection = "scan" if polled or self._look is None else self._look
+        if not self.engine.step(detected):
             return False  # the last pass still waits for owners: its continuation comes first
-        self._next_scan = started + self.config.interval
+        self._look = None
+        if polled:
+            self._next_scan = started + self.config.interval
+        if self.realtime is not None:
+            self.realtime.looked()
+            self.realtime.sync_namespaces()
         return True
 
     def uptime(self) -> float:
@@ -289,6 +311,8 @@ class Runner:
         self.reloader.control.close()
         self.writer.say(PRIORITY_INFO, "stopped")
         self.writer.close(JOURNAL_FLUSH_AT_STOP_S)
+        if self.realtime is not None:
+            self.realtime.close()
         self.engine.close()
         self.log.close()
 

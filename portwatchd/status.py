@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from portwatchd import __version__
 from portwatchd.engine import counted
+from portwatchd.sources.allns import AllNamespaces
 
 if TYPE_CHECKING:
     from portwatchd.runner import Runner
@@ -78,6 +79,33 @@ def status_report(runner: Runner) -> dict[str, Any]:
         "config_path": config.source,
         "state_dir": runner.reloader.state_dir,
         "last_reload": runner.reloader.last,
+        "confirmations_total": stats.confirmations_total,
+        **_realtime_report(runner),
+        **_namespaces_report(runner),
+    }
+
+
+def _realtime_report(runner: Runner) -> dict[str, Any]:
+    realtime = runner.realtime
+    if realtime is None:
+        return {"triggers": {"closes": "off (realtime = false)", "new programs": "off"}}
+    return {
+        "triggers": realtime.status(),
+        "trigger_overruns_total": realtime.overruns_total,
+        "destroy_messages_total": realtime.destroy_messages_total,
+        "execs_total": realtime.execs_total,
+        "exec_storm": realtime.followups.storm,
+    }
+
+
+def _namespaces_report(runner: Runner) -> dict[str, Any]:
+    scanner = runner.engine.scanner
+    if not isinstance(scanner, AllNamespaces):
+        return {"namespaces": 1}
+    return {
+        "namespaces": scanner.namespaces,
+        "namespace_fallbacks": {str(k): v for k, v in scanner.fallbacks().items()},
+        "namespace_errors": {str(k): v for k, v in scanner.unreadable.items()},
     }
 
 
@@ -98,4 +126,10 @@ def status_line(runner: Runner) -> str:
     last = runner.reloader.last
     if last is not None and last["outcome"] != "ok":
         line += f"; reload {last['outcome']}: {last['error']}"
+    # Last: STATUS= keeps 200 characters, and a failure matters more.
+    realtime = runner.realtime
+    if realtime is not None:
+        off = [name for name, state in realtime.status().items() if state != "active"]
+        if off:
+            line += f"; polling only for {' and '.join(off)}"
     return line

@@ -79,12 +79,14 @@ def test_each_part_is_named(
 
 
 def test_restart_only_keys_are_named_apart() -> None:
-    new = Config(interval=3, state_dir="/srv", log_target="stderr", log_format="json")
+    new = Config(
+        interval=3, state_dir="/srv", log_target="stderr", log_format="json", realtime=False
+    )
     change = diff_config(Config(), new)
     assert change.parts == ("interval",)
     assert change.restart_only == RESTART_ONLY
     assert change.describe() == (
-        "interval 1s -> 3s; state_dir, log_target, log_format apply at the next restart"
+        "interval 1s -> 3s; state_dir, log_target, log_format, realtime apply at the next restart"
     )
 
 
