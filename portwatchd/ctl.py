@@ -81,6 +81,9 @@ def cmd_events(args: Args) -> int:
         "type": args.type,
         "proto": args.proto,
         "port": args.port,
+        "netns": args.netns,
+        "container": args.container,
+        "host_only": args.host_only or None,
     }
     if args.follow:
         follow(args.socket, {**query, "after_seq": args.after_seq, "limit": args.limit}, printer)
@@ -89,12 +92,55 @@ def cmd_events(args: Args) -> int:
     return EXIT_OK
 
 
+def _place_query(args: Args) -> protocol.EventQuery:
+    """The --netns/--container/--host-only filters (fast_parse sets only the flags)."""
+    return protocol.EventQuery(
+        netns=getattr(args, "netns", None),
+        container=getattr(args, "container", None),
+        host_only=getattr(args, "host_only", False),
+    )
+
+
+def _listeners(args: Args) -> list[dict[str, Any]]:
+    """The daemon's `ports` rows that pass the place filters and --unexpected."""
+    query = _place_query(args)
+    rows = []
+    for row in call(args.socket, protocol.request("ports")).get("ports") or []:
+        if not isinstance(row, dict):
+            continue
+        if getattr(args, "unexpected", False) and row.get("expected") is not False:
+            continue
+        if query.filters_place and not query.matches_place(
+            row.get("netns") or 0,
+            row.get("netns_inode") or 0,
+            row.get("netns_name"),
+            row.get("container"),
+        ):
+            continue
+        rows.append(row)
+    return rows
+
+
 def cmd_ports(args: Args) -> int:
     from portwatchd.ctl_format import port_record, print_ports
 
-    response = call(args.socket, protocol.request("ports"))
-    records = [port_record(p, p.get("owner") or {}) for p in response.get("ports") or []]
-    print_ports(records, args.json, sys.stdout, legend=not args.no_legend)
+    records = [port_record(p, p.get("owner") or {}) for p in _listeners(args)]
+    print_ports(records, args.json, sys.stdout, legend=not args.no_legend, with_place=True)
+    return EXIT_OK
+
+
+def cmd_expect(args: Args) -> int:
+    """`expect --suggest`: [[expect]] rules accepting what listens now, printed, never applied."""
+    if not args.suggest:
+        raise CtlError(EXIT_USAGE, "expect: say what to do: --suggest (print rules to review)")
+    from portwatchd.expect import suggest
+    from portwatchd.model import Endpoint, Owner, Place
+
+    rows = [
+        (Endpoint.from_dict(row), Owner.from_dict(row.get("owner") or {}), Place.from_dict(row))
+        for row in _listeners(args)
+    ]
+    sys.stdout.write(suggest(rows))
     return EXIT_OK
 
 
@@ -105,7 +151,7 @@ def cmd_status(args: Args) -> int:
 
         sys.stdout.write(json.dumps(status) + "\n")
     else:
-        from portwatchd.ctl_format import status_lines
+        from portwatchd.ctl_status import status_lines
 
         pairs = status_lines(status, local=args.local)
         width = max((len(label) for label, _ in pairs), default=0)
@@ -217,16 +263,35 @@ COMMANDS: dict[str, tuple[Callable[[Args], int], str]] = {
     "reload": (cmd_reload, "make the daemon reload its configuration and wait (root)"),
     "metrics": (cmd_metrics, "print the daemon's metrics (Prometheus text format)"),
     "scan": (cmd_scan, "scan once in this process, without the daemon"),
+    "expect": (cmd_expect, "print [[expect]] rules accepting what listens now (--suggest)"),
 }
 
 
-# On/off flags (option -> help) of the commands that have no other options.
+# On/off flags (option -> help) of the commands that fast_parse reads.
 FLAGS: dict[str, dict[str, str]] = {
-    "ports": {"--json": "a JSON list of objects", "--no-legend": "no header line"},
+    "ports": {
+        "--json": "a JSON list of objects",
+        "--no-legend": "no header line",
+        "--host-only": "only the host's network namespace",
+        "--unexpected": "only listeners that no [[expect]] rule accepts",
+    },
     "status": {"--json": "one JSON object", "--local": "times in local time, not UTC"},
     "rescan": {},
     "reload": {},
     "metrics": {},
+    "expect": {
+        "--suggest": "print rules accepting every listener now: a baseline to review",
+        "--host-only": "only the host's network namespace",
+        "--unexpected": "only listeners that no [[expect]] rule accepts yet",
+    },
+}
+
+
+# Options with values of those commands, which fast_parse leaves as argparse
+# does when they are not given: None. A line that gives one goes to argparse.
+UNSET_VALUES: dict[str, tuple[str, ...]] = {
+    "ports": ("netns", "container"),
+    "expect": ("netns", "container"),
 }
 
 
@@ -262,6 +327,8 @@ def fast_parse(argv: Sequence[str]) -> Args | None:
             command = word
             for flag in FLAGS[word]:
                 setattr(args, flag[2:].replace("-", "_"), False)
+            for name in UNSET_VALUES.get(word, ()):
+                setattr(args, name, None)
         elif command is not None and word in FLAGS[command]:
             setattr(args, word[2:].replace("-", "_"), True)
         else:

@@ -19,6 +19,10 @@ EVENT_HEADERS = ("SEQ", "TIME", "TYPE", "PROTO", "ADDRESS", "PORT", "PID", "PROC
 # Rows printed before all are known cannot be measured in advance: widths that fit most.
 EVENT_STREAM_WIDTHS = (6, 23, 6, 5, 15, 5, 7, 15, 0)
 PORT_HEADERS = ("PROTO", "ADDRESS", "PORT", "PID", "PROCESS", "UNIT")
+# `ports` with where each listener lives; EXPECTED only once any [[expect]] rule exists.
+PLACE_PORT_HEADERS = ("PROTO", "ADDRESS", "PORT", "EXPOSURE", "WHERE", "PID", "PROCESS", "UNIT")
+PLACE_KEYS = ("netns_inode", "netns_name", "scope", "container", "container_runtime", "exposure")
+SHORT_ID = 12  # as `docker ps` shows a container's id
 
 
 class Style:
@@ -160,41 +164,79 @@ def event_row(event: dict[str, Any], local: bool = False) -> list[str]:
 
 
 def port_record(endpoint: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """The flat --json shape of one listening socket, for `ports` and `scan` alike."""
+    """The flat --json shape of one listening socket, for `ports` and `scan` alike:
+    the endpoint, its place and judgement when the daemon sent them, the owner."""
     keys = ("key", "proto", "family", "address", "port", "interface", "v6only", "inode", "uid")
     record = {key: endpoint.get(key) for key in keys}
+    record["netns"] = endpoint.get("netns", 0)
+    record.update({key: endpoint.get(key) for key in PLACE_KEYS})
+    record["expected"] = endpoint.get("expected")
     record.update({key: owner.get(key) for key in ("pid", "comm", "exe", "unit")})
+    record.update({key: owner.get(key) for key in ("pids", "cmdline", "user", "cgroup")})
     return record
 
 
+def where_text(record: dict[str, Any]) -> str:
+    """The WHERE cell: "host", a container ("web (docker)", "3f2a9c1b0d4e (podman)"),
+    or another namespace by its name or inode ("netns blue", "netns 4026532281")."""
+    if not record.get("netns"):
+        return "host"
+    container = record.get("container")
+    if container:
+        label = record.get("netns_name") or str(container)[:SHORT_ID]
+        runtime = record.get("container_runtime")
+        return f"{label} ({runtime})" if runtime else str(label)
+    name = record.get("netns_name")
+    return f"netns {name}" if name else f"netns {record.get('netns_inode') or record['netns']}"
+
+
 def _port_sort_key(record: dict[str, Any]) -> tuple[Any, ...]:
-    return (record.get("proto") or "", record.get("port") or 0, record.get("address") or "")
+    return (
+        record.get("proto") or "",
+        record.get("port") or 0,
+        record.get("address") or "",
+        record.get("netns") or 0,
+    )
 
 
-def print_ports(records: list[dict[str, Any]], as_json: bool, out: TextIO, legend: bool) -> None:
+def _port_cells(record: dict[str, Any], with_place: bool, with_expected: bool) -> list[str]:
+    cells = [text_or_dash(record["proto"]), address_text(record), text_or_dash(record["port"])]
+    if with_place:
+        cells += [text_or_dash(record.get("exposure")), where_text(record)]
+    cells += [text_or_dash(record["pid"]), text_or_dash(record["comm"])]
+    if with_expected:
+        expected = record.get("expected")
+        cells.append("yes" if expected else "NO" if expected is False else "-")
+    cells.append(text_or_dash(record["unit"]))
+    return cells
+
+
+def print_ports(
+    records: list[dict[str, Any]],
+    as_json: bool,
+    out: TextIO,
+    legend: bool,
+    *,
+    with_place: bool = False,
+) -> None:
     """The `ports` and `scan` table, or their JSON; in the table every cell is
-    escaped (model.escape_text), so that a name cannot start a row of its own."""
+    escaped (model.escape_text), so that a name cannot start a row of its own.
+    `with_place`: the EXPOSURE and WHERE columns (the daemon's `ports`), and
+    EXPECTED when any row was judged by an [[expect]] rule."""
     records = sorted(records, key=_port_sort_key)
     if as_json:
         out.write(json.dumps(records, indent=None) + "\n")
         return
     from portwatchd.model import escape_text
 
+    with_expected = with_place and any(r.get("expected") is not None for r in records)
+    headers = list(PLACE_PORT_HEADERS if with_place else PORT_HEADERS)
+    if with_expected:
+        headers.insert(-1, "EXPECTED")
     rows = [
-        [
-            escape_text(cell)
-            for cell in (
-                text_or_dash(r["proto"]),
-                address_text(r),
-                text_or_dash(r["port"]),
-                text_or_dash(r["pid"]),
-                text_or_dash(r["comm"]),
-                text_or_dash(r["unit"]),
-            )
-        ]
-        for r in records
+        [escape_text(cell) for cell in _port_cells(r, with_place, with_expected)] for r in records
     ]
-    for line in format_table(PORT_HEADERS, rows, legend=legend):
+    for line in format_table(headers, rows, legend=legend):
         out.write(line + "\n")
 
 
@@ -217,144 +259,3 @@ def loss_line(loss: dict[str, Any], local: bool = False) -> str:
     when = loss.get("time")
     at = f" (noticed {format_time(when, local)})" if isinstance(when, str) else ""
     return missing_events_line(loss.get("from_seq"), loss.get("to_seq"), f"{reason}{at}")
-
-
-def duration_text(seconds: float) -> str:
-    """A number of seconds for people.
-
-    >>> duration_text(3723)
-    '1h 2min 3s'
-    """
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d"] if days else []
-    if days or hours:
-        parts.append(f"{hours}h")
-    if days or hours or minutes:
-        parts.append(f"{minutes}min")
-    parts.append(f"{secs}s")
-    return " ".join(parts)
-
-
-def reload_text(reload: dict[str, Any], local: bool = False) -> str:
-    """The last reload's outcome in one line: "<time>, ok", "<time>, REFUSED: why", ..."""
-    if reload.get("time") is None:
-        return "never"
-    when = format_time(reload.get("time"), local)
-    outcome = reload.get("outcome") or ("ok" if reload.get("ok") else "failed")
-    if outcome == "ok":
-        return f"{when}, ok"
-    not_applied = reload.get("not_applied")
-    if not_applied:  # the error of a partial reload is these, joined
-        return f"{when}, {str(outcome).upper()}: not applied: {'; '.join(map(str, not_applied))}"
-    return f"{when}, {str(outcome).upper()}: {reload.get('error')}"
-
-
-# Fields that are shown only while something fails, with the label that says so.
-_FAILURES = (
-    ("scan_error", "Scan FAILING"),
-    ("journal_error", "Journal FAILING"),
-    ("store_error", "Store FAILING"),
-    ("config_error", "Config BROKEN"),
-)
-
-
-class _StatusPage:
-    """The label/value pairs of the human `status` output, built in order."""
-
-    def __init__(self, status: dict[str, Any]) -> None:
-        self.status = status
-        self.pairs: list[tuple[str, str]] = []
-        self.shown: set[str] = set()
-
-    def add(self, label: str, key: str, value: str | None = None) -> None:
-        if key in self.status:
-            self.pairs.append(
-                (label, value if value is not None else text_or_dash(self.status[key]))
-            )
-            self.shown.add(key)
-
-    def counts(self, label: str, key: str) -> None:
-        """A {name: count} field as "3 opened, 2 closed"; nothing when empty."""
-        value = self.status.get(key)
-        if isinstance(value, dict) and value:
-            self.add(label, key, ", ".join(f"{n} {name}" for name, n in sorted(value.items())))
-        self.shown.add(key)
-
-    def rest(self) -> None:
-        """Fields this client has no label for (a newer daemon's), as they are."""
-        for key in sorted(set(self.status) - self.shown):
-            value = self.status[key]
-            self.pairs.append(
-                (key, json.dumps(value) if isinstance(value, dict | list) else text_or_dash(value))
-            )
-
-
-def status_lines(status: dict[str, Any], local: bool = False) -> list[tuple[str, str]]:
-    """Label/value pairs for the human `status` output, known keys first."""
-    page = _StatusPage(status)
-    uptime = status.get("uptime_s")
-    page.add("Version", "version")
-    page.add("PID", "pid")
-    page.add(
-        "Uptime", "uptime_s", duration_text(uptime) if isinstance(uptime, int | float) else None
-    )
-    page.add("Protocol", "protocol")
-    page.add("Scanner", "backend")
-    page.add("Interval", "interval_s", f"{status.get('interval_s')} s")
-    page.add("Owner lookup", "owners", "on" if status.get("owners") else "off")
-    page.add("Ports watched", "ports_watched")
-    page.add("Events total", "events_total")
-    page.counts("By type", "events_by_type")
-    page.counts("Found by", "detections")
-    failed = status.get("scan_errors_total", 0)
-    page.add("Scans", "scans_total", f"{status.get('scans_total')} ({failed} failed)")
-    page.shown.add("scan_errors_total")
-    page.add("Last hour", "events_last_hour", f"{status.get('events_last_hour')} events")
-    page.add("Last seq", "last_seq")
-    _history_line(page)
-    _health_lines(page, local)
-    page.rest()
-    return page.pairs
-
-
-def _history_line(page: _StatusPage) -> None:
-    status = page.status
-    if "history_size" in status:
-        page.add(
-            "History",
-            "history_size",
-            f"{status['history_size']} events held of {status.get('history_capacity', '?')}"
-            f", oldest seq {text_or_dash(status.get('oldest_seq'))}",
-        )
-        page.shown.update(("history_capacity", "oldest_seq", "ring_size", "ring_capacity"))
-    elif "ring_size" in status:  # a 0.1 daemon
-        page.add(
-            "Ring", "ring_size", f"{status['ring_size']} of {status.get('ring_capacity', '?')}"
-        )
-        page.shown.add("ring_capacity")
-
-
-def _health_lines(page: _StatusPage, local: bool) -> None:
-    status = page.status
-    page.add("Last scan", "last_scan_time", format_time(status.get("last_scan_time"), local))
-    page.add("Last scan took", "last_scan_duration_ms", f"{status.get('last_scan_duration_ms')} ms")
-    for key, label in _FAILURES:
-        if status.get(key):
-            page.add(label, key)
-        page.shown.add(key)
-    if status.get("journal_pending"):
-        page.add("Journal pending", "journal_pending", f"{status['journal_pending']} events")
-    page.shown.add("journal_pending")
-    page.add("Journal errors", "journal_errors_total")
-    page.add("Config", "config_path", status.get("config_path") or "built-in defaults")
-    page.add("State", "state_dir")
-    reload = status.get("last_reload")
-    if reload is None:
-        page.add("Last reload", "last_reload", "never")
-    elif isinstance(reload, dict):
-        page.add("Last reload", "last_reload", reload_text(reload, local))
-    page.add("Clients", "clients")
-    page.add("Followers", "followers")

@@ -84,6 +84,38 @@ def _terminal_columns() -> int:
         return 80
 
 
+def _name_argument(what: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if not text or len(text) > MAX_NAME:
+            raise argparse.ArgumentTypeError(f"must be {what}, 1 to {MAX_NAME} characters")
+        return text
+
+    return convert
+
+
+MAX_NAME = 255  # as the daemon checks it (protocol_requests.MAX_NAME)
+
+
+def _place_options(parser: argparse.ArgumentParser, host_only: bool) -> None:
+    """--netns and --container (and for `events` --host-only: elsewhere an on/off flag)."""
+    parser.add_argument(
+        "--netns",
+        type=_name_argument("a namespace's name or inode"),
+        metavar="NAME_OR_INODE",
+        help="only this network namespace: its `ip netns` or container name, or its inode",
+    )
+    parser.add_argument(
+        "--container",
+        type=_name_argument("a container's name or id"),
+        metavar="NAME_OR_ID",
+        help="only this container: its name, its id, or the start of its id",
+    )
+    if host_only:
+        parser.add_argument(
+            "--host-only", action="store_true", help="only the host's network namespace"
+        )
+
+
 def _events_options(events: argparse.ArgumentParser) -> None:
     when = "-1h, 30min ago, 2d, yesterday, today, 2026-11-30 10:00, RFC 3339"
     events.add_argument(
@@ -102,6 +134,7 @@ def _events_options(events: argparse.ArgumentParser) -> None:
     events.add_argument("--type", choices=EVENT_TYPES)
     events.add_argument("--proto", choices=PROTOS)
     events.add_argument("--port", type=_bounded_int(1, 65535), metavar="N")
+    _place_options(events, host_only=True)
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument("--local", action="store_true", help="times in local time, not UTC")
@@ -119,6 +152,8 @@ def _scan_options(scan: argparse.ArgumentParser) -> None:
 _VALUED_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "events": _events_options,
     "scan": _scan_options,
+    "ports": lambda parser: _place_options(parser, host_only=False),
+    "expect": lambda parser: _place_options(parser, host_only=False),
 }
 
 
@@ -198,6 +233,13 @@ def attach_time_values(words: Sequence[str]) -> list[str]:
 _DIGITS = frozenset("0123456789.")
 
 
+def _check_places(parser: argparse.ArgumentParser, args: Any) -> None:
+    if getattr(args, "host_only", False):
+        for option in ("netns", "container"):
+            if getattr(args, option, None) is not None:
+                parser.error(f"--host-only cannot be used with --{option}: nothing could match")
+
+
 def _check_times(parser: argparse.ArgumentParser, args: Any) -> None:
     if getattr(args, "follow", False) and getattr(args, "until", None) is not None:
         parser.error("--until cannot be used with --follow (a live stream has no end)")
@@ -219,4 +261,5 @@ def parse(
     parser = build_parser(commands, flags, exit_status_text, only)
     args = parser.parse_args(words, namespace=namespace)
     _check_times(parser, args)
+    _check_places(parser, args)
     return args

@@ -54,6 +54,14 @@ class EventFilter:
     port: int | None = None
     since: str | None = None  # time >= since
     until: str | None = None  # time <= until
+    # Where the listener lives: protocol.EventQuery.matches_place says how.
+    netns: str | None = None
+    container: str | None = None
+    host_only: bool | None = None
+
+    @property
+    def filters_place(self) -> bool:
+        return self.netns is not None or self.container is not None or self.host_only is not None
 
     @classmethod
     def of(cls, query: EventQuery) -> EventFilter:
@@ -66,6 +74,9 @@ class EventFilter:
             port=query.port,
             since=normal_time(since) if since is not None else None,
             until=normal_time(until) if until is not None else None,
+            netns=getattr(query, "netns", None),
+            container=getattr(query, "container", None),
+            host_only=getattr(query, "host_only", None),
         )
 
     def matches(self, event: Event) -> bool:
@@ -75,11 +86,22 @@ class EventFilter:
             return False
         if self.port is not None and event.endpoint.port != self.port:
             return False
+        if self.filters_place and not self._place_matches(event):
+            return False
         if self.since is None and self.until is None:
             return True
         time = normal_time(event.time)
         return (self.since is None or time >= self.since) and (
             self.until is None or time <= self.until
+        )
+
+    def _place_matches(self, event: Event) -> bool:
+        from portwatchd.protocol import EventQuery
+
+        place = event.place
+        query = EventQuery(netns=self.netns, container=self.container, host_only=self.host_only)
+        return query.matches_place(
+            event.endpoint.netns, place.netns_inode, place.netns_name, place.container
         )
 
 

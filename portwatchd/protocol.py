@@ -12,7 +12,8 @@ Requests (client -> daemon)::
     {"v": 1, "req": "metrics"}
     {"v": 1, "req": "events", "after_seq": 41, "since": "2026-11-25T14:00:00Z",
      "until": "2026-11-25T15:00:00Z", "limit": 10, "type": "opened", "proto": "tcp",
-     "port": 22}                                        # every filter optional
+     "port": 22, "netns": "web", "container": "3f2a", "host_only": true}
+                                                        # every filter optional
     {"v": 1, "req": "follow", ...same filters as events but until...}
 
 Responses (daemon -> client), one line each::
@@ -24,6 +25,16 @@ Responses (daemon -> client), one line each::
     {"v": 1, "ok": true, "metrics": "# HELP ...\n"}                 # Prometheus text
     {"v": 1, "ok": true, "oldest_seq": 7, "last_seq": 1006, "events": [...]}
     {"v": 1, "ok": false, "error": {"code": "bad_request", "message": "..."}}
+
+Where a listener lives (additive fields, old clients send none of them):
+`netns` is a network namespace's name (`ip netns` or container name) or its
+inode in decimal ("0" and the host's own inode name the host's);
+`container` a container's id, a prefix of its id (hex, like docker), or its
+name; `host_only: true` keeps the host's namespace only and cannot be
+combined with the other two. `ports` rows carry the listener's place
+(netns_inode, netns_name, scope, container, container_runtime, exposure)
+and `expected` (true/false, null when no [[expect]] rule exists), flat, as
+events do.
 
 `events` semantics: every filter must match (`since`: time >= since,
 `until`: time <= until); `limit` keeps the OLDEST matches after `after_seq`
@@ -104,7 +115,19 @@ ERROR_CODES = frozenset(
 )
 
 # The arguments of an `events` request; `follow` takes them all but `until`.
-QUERY_FIELDS = ("after_seq", "since", "until", "limit", "type", "proto", "port")
+QUERY_FIELDS = (
+    "after_seq",
+    "since",
+    "until",
+    "limit",
+    "type",
+    "proto",
+    "port",
+    "netns",
+    "container",
+    "host_only",
+)
+PLACE_FIELDS = ("netns", "container", "host_only")
 
 
 class ProtocolError(Exception):
@@ -137,6 +160,9 @@ class EventQuery:
         type: str | None = None,  # shadows the builtin: it is the wire's field name
         proto: str | None = None,
         port: int | None = None,
+        netns: str | None = None,
+        container: str | None = None,
+        host_only: bool | None = None,
     ) -> None:
         self.after_seq = after_seq
         self.since = since
@@ -145,6 +171,9 @@ class EventQuery:
         self.type = type
         self.proto = proto
         self.port = port
+        self.netns = netns
+        self.container = container
+        self.host_only = host_only or None  # false is no filter: left off the wire
 
     def as_args(self) -> dict[str, Any]:
         """The filters that are set, as request arguments (and ring.query keywords)."""
@@ -160,6 +189,25 @@ class EventQuery:
             and (self.port is None or port == self.port)
         )
 
+    @property
+    def filters_place(self) -> bool:
+        return self.netns is not None or self.container is not None or self.host_only is not None
+
+    def matches_place(
+        self, netns: int, netns_inode: int, netns_name: str | None, container: str | None
+    ) -> bool:
+        """Whether a listener passes the netns/container/host_only filters.
+
+        `netns` is the Endpoint's (0 for the host's namespace), `netns_inode`
+        the Place's (the host's real inode included). The store's SQL
+        (store.place_clauses) says the same in SQLite.
+        """
+        if self.host_only and netns != 0:
+            return False
+        if self.netns is not None and not netns_matches(self.netns, netns, netns_inode, netns_name):
+            return False
+        return self.container is None or container_matches(self.container, container, netns_name)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EventQuery) and self.as_args() == other.as_args()
 
@@ -169,6 +217,27 @@ class EventQuery:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.as_args().items())
         return f"EventQuery({args})"
+
+
+def netns_matches(wanted: str, netns: int, netns_inode: int, netns_name: str | None) -> bool:
+    """`--netns`: a decimal inode (the Endpoint's or the Place's), else the name."""
+    if wanted.isdigit():
+        return int(wanted) in (netns, netns_inode)
+    return netns_name == wanted
+
+
+def is_id_prefix(text: str) -> bool:
+    """Whether `text` can be the start of a container id (lowercase hex, as docker prints)."""
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+def container_matches(wanted: str, container: str | None, netns_name: str | None) -> bool:
+    """`--container`: the id, a prefix of it, or the container's name (in netns_name)."""
+    if container is None:
+        return False
+    if container == wanted or (is_id_prefix(wanted) and container.startswith(wanted)):
+        return True
+    return netns_name == wanted
 
 
 # --- framing ----------------------------------------------------------------

@@ -64,9 +64,47 @@ def _time_field(message: dict[str, Any], name: str) -> str | None:
     return value
 
 
+# Longer than any name a namespace or a container can have.
+MAX_NAME = 255
+
+
+def _name_field(message: dict[str, Any], name: str, what: str) -> str | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and name == "netns" and value >= 0:
+        return str(value)  # an inode sent as a number
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise ProtocolError(
+            BAD_REQUEST,
+            f"'{name}' must be {what}: a string of 1 to {MAX_NAME} characters,"
+            f" got {json.dumps(value)[:80]}",
+        )
+    return value
+
+
+def _host_only_field(message: dict[str, Any]) -> bool | None:
+    value = message.get("host_only")
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ProtocolError(
+            BAD_REQUEST, f"'host_only' must be true or false, got {json.dumps(value)}"
+        )
+    if value and (message.get("netns") is not None or message.get("container") is not None):
+        raise ProtocolError(
+            BAD_REQUEST,
+            "'host_only' cannot be combined with 'netns' or 'container': nothing could match",
+        )
+    return value or None
+
+
 def parse_query(message: dict[str, Any]) -> EventQuery:
     """The EventQuery of an `events`/`follow` request; bad_request names the field."""
     return EventQuery(
+        netns=_name_field(message, "netns", "a network namespace's name or inode"),
+        container=_name_field(message, "container", "a container's name, id or id prefix"),
+        host_only=_host_only_field(message),
         after_seq=_int_field(message, "after_seq", 0, None),
         since=_time_field(message, "since"),
         until=_time_field(message, "until"),

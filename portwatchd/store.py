@@ -33,6 +33,7 @@ from portwatchd.logstore import (
     normal_time,
 )
 from portwatchd.model import Endpoint, Event, Loss, Owner, utc_now
+from portwatchd.protocol import is_id_prefix
 from portwatchd.state import STATE_FILE
 
 __all__ = ["DB_FILE", "Store", "StoreError"]
@@ -44,6 +45,36 @@ _EVENT_INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _META_SET = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
+
+
+def place_clauses(wanted: EventFilter) -> tuple[str, list[Any]]:
+    """SQL for the netns/container/host_only filters, on the stored event JSON.
+
+    The same test as protocol.EventQuery.matches_place. Events stored before
+    namespaces were watched carry no place: they are the host's.
+    """
+    netns = "coalesce(json_extract(json, '$.netns'), 0)"
+    name = "json_extract(json, '$.netns_name')"
+    container = "json_extract(json, '$.container')"
+    clauses: list[str] = []
+    params: list[Any] = []
+    if wanted.host_only:
+        clauses.append(f"{netns} = 0")
+    if wanted.netns is not None:
+        if wanted.netns.isdigit():
+            clauses.append(f"({netns} = ? OR json_extract(json, '$.netns_inode') = ?)")
+            params += [int(wanted.netns), int(wanted.netns)]
+        else:
+            clauses.append(f"{name} = ?")
+            params.append(wanted.netns)
+    if wanted.container is not None:
+        tests = [f"{container} = ?", f"{name} = ?"]
+        params += [wanted.container, wanted.container]
+        if is_id_prefix(wanted.container):
+            tests.append(f"substr({container}, 1, ?) = ?")
+            params += [len(wanted.container), wanted.container]
+        clauses.append(f"({container} IS NOT NULL AND ({' OR '.join(tests)}))")
+    return " AND ".join(clauses), params
 
 
 class Store:
@@ -255,7 +286,11 @@ class Store:
             if row is None:
                 return None
             start = row[0]
-        return storefile.where_clause(wanted, after_seq, start)
+        clause, params = storefile.where_clause(wanted, after_seq, start)
+        if wanted.filters_place:
+            place_clause, place_params = place_clauses(wanted)
+            clause, params = f"{clause} AND {place_clause}", [*params, *place_params]
+        return clause, params
 
     def page(self, wanted: EventFilter, after_seq: int, limit: int) -> list[Event]:
         with self._translated("read"):

@@ -45,6 +45,11 @@ def _matches(event: Event, query: EventQuery) -> bool:
     endpoint = event.endpoint
     if not query.matches_live(event.type, endpoint.proto, endpoint.port):
         return False
+    place = event.place
+    if not query.matches_place(
+        endpoint.netns, place.netns_inode, place.netns_name, place.container
+    ):
+        return False
     if query.since is None and query.until is None:
         return True
     moment = _moment(event.time)

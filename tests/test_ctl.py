@@ -285,13 +285,18 @@ def test_ports_table_and_json(serve: Any, backend: MemoryBackend, capsys: Any) -
         "key": "tcp:0.0.0.0:22", "proto": "tcp", "family": "ipv4", "address": "0.0.0.0",
         "port": 22, "interface": "", "v6only": None, "inode": 11, "uid": 0,
         "pid": 700, "comm": "sshd", "exe": "/usr/sbin/sshd", "unit": "ssh.service",
+        "netns": 0, "netns_inode": 0, "netns_name": None, "scope": "host", "container": None,
+        "container_runtime": None, "exposure": None, "expected": None,
+        "pids": [700], "cmdline": None, "user": None, "cgroup": None,
     }  # fmt: skip
     assert records[1]["key"] == "udp:[fe80::1%eth0]:546" and records[1]["pid"] is None
     code, out, _ = main_output(capsys, "--socket", server.path, "ports")
     lines = out.splitlines()
-    assert lines[0].split() == ["PROTO", "ADDRESS", "PORT", "PID", "PROCESS", "UNIT"]
-    assert lines[1].split() == ["tcp", "0.0.0.0", "22", "700", "sshd", "ssh.service"]
-    assert lines[2].split() == ["udp", "fe80::1%eth0", "546", "-", "-", "-"]
+    assert lines[0].split() == [
+        "PROTO", "ADDRESS", "PORT", "EXPOSURE", "WHERE", "PID", "PROCESS", "UNIT",
+    ]  # fmt: skip
+    assert lines[1].split() == ["tcp", "0.0.0.0", "22", "-", "host", "700", "sshd", "ssh.service"]
+    assert lines[2].split() == ["udp", "fe80::1%eth0", "546", "-", "host", "-", "-", "-"]
 
 
 def test_status_human_and_json(serve: Any, backend: MemoryBackend, capsys: Any) -> None:
@@ -523,7 +528,7 @@ def test_bash_completion_offers_every_command_and_option() -> None:
 
 
 def test_status_lines_label_every_field_the_daemon_sends() -> None:
-    from portwatchd.ctl_format import status_lines
+    from portwatchd.ctl_status import status_lines
 
     status = {
         "version": "0.1.0", "pid": 7, "uptime_s": 65.0, "interval_s": 1.0,
@@ -548,6 +553,7 @@ def test_status_lines_label_every_field_the_daemon_sends() -> None:
 _WORDS = [
     *("--socket", "--socket=/s", "/x", "-x", "status", "ports", "reload", "events", "rescan"),
     *("--json", "--local", "--no-legend", "--js", "-h", "--help", "--", "-f", "--since"),
+    *("expect", "--suggest", "--host-only", "--unexpected", "--netns", "--container"),
 ]
 
 

@@ -162,6 +162,11 @@ class FollowStream(Stream):
                     item.type, endpoint.proto, endpoint.port
                 ):
                     continue
+                place = item.place
+                if query.filters_place and not query.matches_place(
+                    endpoint.netns, place.netns_inode, place.netns_name, place.container
+                ):
+                    continue
             if len(self.pending) >= self.capacity:
                 # Cut off rather than grow: free the queue now, tell the client next.
                 self.overrun = True
