@@ -430,6 +430,10 @@ def test_unit_is_hardened_and_verifies_clean(box: Sandbox) -> None:
     level = re.search(r"Overall exposure level for portwatchd\.service: (\d+\.\d+)", security)
     assert level, security
     assert float(level.group(1)) <= 2.0, security
+    # Network namespaces may be entered (setns for every namespace's
+    # sock_diag socket); every other kind of namespace stays forbidden.
+    assert re.search(r"✗ RestrictNamespaces=~net\b", security), security
+    assert not re.search(r"✗ RestrictNamespaces=~(?!net\b)", security), security
 
 
 def test_a_burst_of_thousands_of_ports_is_journaled_completely(box: Sandbox) -> None:
@@ -526,7 +530,7 @@ def test_a_broken_configuration_at_start_never_takes_the_socket_down(box: Sandbo
     assert ctl(box, "status")["interval_s"] == 1.0
 
 
-def test_the_daemon_runs_as_its_own_user_with_two_capabilities(box: Sandbox) -> None:
+def test_the_daemon_runs_as_its_own_user_with_four_capabilities(box: Sandbox) -> None:
     ensure_running(box)
     status = box.read_file(f"/proc/{main_pid(box)}/status")
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
@@ -534,9 +538,10 @@ def test_the_daemon_runs_as_its_own_user_with_two_capabilities(box: Sandbox) -> 
     assert fields["Uid"].split() == [uid] * 4, fields
     journal_gid = box.run("getent", "group", "systemd-journal").stdout.split(":")[2]
     assert journal_gid in fields["Groups"].split(), fields
-    # CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19), and nothing else.
+    # CAP_DAC_READ_SEARCH (2), CAP_NET_ADMIN (12), CAP_SYS_PTRACE (19) and
+    # CAP_SYS_ADMIN (21), and nothing else.
     for line in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
-        assert int(fields[line], 16) == (1 << 2) | (1 << 19), (line, fields)
+        assert int(fields[line], 16) == (1 << 2) | (1 << 12) | (1 << 19) | (1 << 21), (line, fields)
     owner = box.run("stat", "-c", "%U:%G", "/var/lib/portwatchd").stdout.strip()
     assert owner == "portwatchd:portwatchd"
 
