@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from portwatchd import __version__
 from portwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from portwatchd.model import PRIORITY_ERR, PRIORITY_WARNING
+from portwatchd.model import PRIORITY_ERR, PRIORITY_WARNING, Endpoint, Owner, Place
 
 if TYPE_CHECKING:
     from portwatchd.control.transport import ControlServer
@@ -260,10 +260,17 @@ def build_control(
     from portwatchd.control.handlers import RequestHandlers
     from portwatchd.control.transport import ControlServer
 
+    def describe(endpoint: Endpoint, owner: Owner) -> tuple[Place, bool | None]:
+        # The engine's judge at call time: a reload's new rules apply.
+        judge = runner.engine.judge
+        place = judge.place(endpoint, owner)
+        return place, judge.expected(endpoint, owner, place)
+
     handlers = RequestHandlers(
         log,
         status=runner.status,
         ports=runner.engine.ports,
+        describe=describe,
         request_rescan=runner.request_rescan,
         reload=runner.request_reload,
         metrics=runner.metrics_text,

@@ -60,8 +60,7 @@ class Places:
         netns_name = None
         namespaces = self.namespaces
         if endpoint.netns and namespaces is not None:
-            source = namespaces.others.sources.get(endpoint.netns)
-            netns_name = source.namespace.name if source is not None else None
+            netns_name = namespaces.name_of(endpoint.netns)
         return place_of(
             endpoint,
             host_netns=self.host_netns,

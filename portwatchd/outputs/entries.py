@@ -96,7 +96,7 @@ def event_message(event: Event) -> str:
 
 def _place_text(event: Event) -> str:
     place = event.place
-    if place.scope == "container":
+    if place.container is not None:
         name = place.container_label()
         runtime = f" ({escape_text(place.container_runtime)})" if place.container_runtime else ""
         return f" in container {escape_text(name)}{runtime}"

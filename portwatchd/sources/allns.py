@@ -43,12 +43,16 @@ class AllNamespaces:
         self._say = say
         self._discover = discover_namespaces
         self._known_pids: dict[str, int] = {}
+        # Each watched namespace's `ip netns` name, kept past its release so
+        # that the closes of its listeners still name it.
+        self._names: dict[int, str | None] = {}
         self._last: dict[int, list[Endpoint]] = {}
         # Namespaces that cannot be read, and why (for status).
         self.unreadable: dict[int, str] = {}
         # Released namespaces -> scans they are still named gone for: the
         # engine's pass (and its second look) ends before that.
         self._gone: dict[int, int] = {}
+        self._gone_names: dict[int, str | None] = {}
 
     def scan(self) -> list[Endpoint]:
         endpoints = self.host.scan()
@@ -70,10 +74,15 @@ class AllNamespaces:
     def _sync(self) -> None:
         result = self.others.sync(self._discover(self._known_pids))
         self._gone = {inode: left - 1 for inode, left in self._gone.items() if left > 1}
+        self._gone_names = {k: v for k, v in self._gone_names.items() if k in self._gone}
         for inode in result.closed:
             self._gone[inode] = _GONE_FOR_SCANS
+            self._gone_names[inode] = self._names.get(inode)
             self._last.pop(inode, None)
             self.unreadable.pop(inode, None)
+        self._names = {
+            inode: source.namespace.name for inode, source in self.others.sources.items()
+        }
         for inode in result.opened:
             source = self.others.sources[inode]
             name = f" ({source.namespace.name})" if source.namespace.name else ""
@@ -87,6 +96,13 @@ class AllNamespaces:
             if self.unreadable.get(inode) != reason:
                 self._say(PRIORITY_WARNING, f"cannot watch network namespace {inode}: {reason}")
             self.unreadable[inode] = reason
+
+    def name_of(self, inode: int) -> str | None:
+        """A namespace's `ip netns` name, also for one released lately."""
+        source = self.others.sources.get(inode)
+        if source is not None:
+            return source.namespace.name
+        return self._gone_names.get(inode)
 
     @property
     def gone_namespaces(self) -> frozenset[int]:

@@ -117,7 +117,8 @@ def _setns_error(code: int, path: str) -> ScanError:
     if code in (errno_codes.EPERM, errno_codes.EACCES):
         return NamespaceEntryRefused(
             f"cannot enter the network namespace {path}: {reason} "
-            "(setns needs CAP_SYS_ADMIN; reading /proc/PID/net instead)",
+            "(setns needs CAP_SYS_ADMIN, and a unit's RestrictNamespaces= must allow net;"
+            " reading /proc/PID/net instead)",
             source=path,
             errno=code,
         )

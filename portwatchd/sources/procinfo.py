@@ -126,8 +126,11 @@ def _cgroup_paths(text: str) -> list[str]:
             systemd_v1 = path
         elif controllers == "" and unified is None:
             unified = path
-    # The kernel marks a removed cgroup v2 path with " (deleted)".
-    return [path.removesuffix(" (deleted)") for path in (systemd_v1, unified) if path is not None]
+    # The kernel marks a removed cgroup v2 path with " (deleted)". "/" says
+    # nothing (on a hybrid host the v1 systemd line can be it while the
+    # unified line names the scope, or the other way round).
+    paths = [path.removesuffix(" (deleted)") for path in (systemd_v1, unified) if path is not None]
+    return [path for path in paths if path != "/"]
 
 
 def socket_inode(link: str) -> int | None:
