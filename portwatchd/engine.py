@@ -32,6 +32,7 @@ from portwatchd.model import (
     rfc3339,
     utc_now,
 )
+from portwatchd.ownerbook import OwnerBook
 from portwatchd.passes import Chunk, EngineStats, Pass, chunks_of
 from portwatchd.sources.base import ScanError, Scanner
 from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange, split_destroyed
@@ -83,11 +84,8 @@ class Engine:
         self._monotonic = monotonic
         self._snapshot: Snapshot = {}
         self._sockets: dict[int, Endpoint] = {}
-        self._owners: dict[int, Owner] = {}
+        self._owners = OwnerBook()
         self._restarts = RestartWindow(restart_grace)
-        # Sockets whose owner went stale before the new holder was seen: the
-        # owner they had, for the owner_changed event once it is.
-        self._stale_owners: dict[int, Owner] = {}
         self._owner_recheck_s = owner_recheck_s
         self.ephemeral = ephemeral
         # (netns, cookie) -> inode of every socket in the snapshot: destroy
@@ -107,8 +105,7 @@ class Engine:
         # The saved snapshot stands until the first scan replaces it.
         for endpoint, owner in log.sockets():
             self._sockets[endpoint.inode] = endpoint
-            if owner.known:
-                self._owners[endpoint.inode] = owner
+            self._owners.put(endpoint.inode, owner)
         self._snapshot = snapshot_of(self._sockets.values())
         self._first = True
 
@@ -213,7 +210,7 @@ class Engine:
     def ports(self) -> list[tuple[Endpoint, Owner]]:
         """Every listening socket with its own owner, sorted by key."""
         return [
-            (endpoint, self._owners.get(endpoint.inode, UNKNOWN_OWNER))
+            (endpoint, self._owners.get(endpoint.inode))
             for key in sorted(self._snapshot)
             for endpoint in self._snapshot[key]
         ]
@@ -264,7 +261,7 @@ class Engine:
         if self._recheck_due(started):
             self._next_recheck_at = started + self._owner_recheck_s
             pass_.rechecked = True
-            recheck = {inode: owner for inode, owner in self._owners.items() if inode in sockets}
+            recheck = self._owners.of(sockets.keys())
         self._lookup.submit(lookup_job(pass_.new, retry, pass_.gone, recheck), self._finish_pass)
 
     def _recheck_due(self, now: float) -> bool:
@@ -277,7 +274,7 @@ class Engine:
             return
         if result.error:
             self._say(PRIORITY_ERR, result.error)
-        owners = {inode: self._owners.get(inode, UNKNOWN_OWNER) for inode in pass_.gone}
+        owners = {inode: self._owners.last_holder(inode) for inode in pass_.gone}
         owners.update(result.owners)
         now = self._monotonic()
         self._restarts.expire(now)
@@ -297,14 +294,12 @@ class Engine:
             down_since=self._log.last_alive if pass_.detected == "startup" else None,
         )
         removed = [self._sockets[inode] for inode in pass_.gone]
-        for inode in pass_.gone:
-            self._owners.pop(inode, None)
-            self._stale_owners.pop(inode, None)
-        refreshed, handed = self._refresh_owners(result, pass_)
+        self._owners.forget(pass_.gone)
+        refreshed, handed = self._owners.take(result, pass_.sockets, pass_.new)
         drafts += owner_changes(handed, time=time_text, detected=pass_.detected, judge=judge)
         drafts += self._transient_drafts(pass_, judge, time_text)
         added = [
-            (pass_.sockets[inode], self._owners.get(inode, UNKNOWN_OWNER))
+            (pass_.sockets[inode], self._owners.get(inode))
             for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))
         ]
         self._snapshot = pass_.snapshot
@@ -318,42 +313,6 @@ class Engine:
             }
         self._last_endpoints = pass_.endpoints
         self._append_chunks(chunks_of(drafts, added, removed), pass_, reported=len(drafts))
-
-    def _refresh_owners(
-        self, result: LookupResult, pass_: Pass
-    ) -> tuple[set[int], list[tuple[Endpoint, Owner, Owner]]]:
-        """Take in the owners the lookup found and the ones it found changed.
-
-        Returns the sockets whose stored owner changes, and (socket, old
-        owner, new owner) for each socket that stayed while its owner
-        changed. A stale owner is dropped at once (never a pid that no
-        longer holds the socket) and remembered until the new holder is
-        seen, so that the event names both.
-        """
-        refreshed: set[int] = set()
-        handed: list[tuple[Endpoint, Owner, Owner]] = []
-        for inode, owner in result.owners.items():
-            if owner.known:
-                refreshed.add(inode)
-                self._owners[inode] = owner
-                before = self._stale_owners.pop(inode, None)
-                if before is not None and inode in pass_.sockets:
-                    handed.append((pass_.sockets[inode], before, owner))
-        for inode, owner in result.changed.items():
-            endpoint = pass_.sockets.get(inode)
-            if endpoint is None or inode in pass_.new:
-                continue
-            refreshed.add(inode)
-            before = self._stale_owners.pop(inode, None) or self._owners.get(inode)
-            if owner.known:
-                self._owners[inode] = owner
-                if before is not None:
-                    handed.append((endpoint, before, owner))
-            else:
-                self._owners.pop(inode, None)
-                if before is not None:
-                    self._stale_owners[inode] = before
-        return refreshed, handed
 
     def _append_chunks(self, chunks: list[Chunk], pass_: Pass, *, reported: int) -> None:
         """Append one chunk now and the rest at later turns of the loop, so
@@ -418,7 +377,7 @@ class Engine:
     def _unknown_owners(self) -> set[int]:
         if not self.owners_enabled:
             return set()
-        return {inode for inode in self._sockets if inode not in self._owners}
+        return self._owners.unknown(self._sockets)
 
     def _scanned(self, started: float) -> None:
         self.stats.last_scan_time = rfc3339(self._now())

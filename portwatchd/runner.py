@@ -139,6 +139,8 @@ class Runner:
         self.engine.step()
         while self.engine.waiting_since is not None and not self._stop:
             self._turn(0.1)  # the first pass's owners: the baseline names them
+        if self.realtime is not None:
+            self.realtime.sync_namespaces()  # the namespaces the first look found
         try:
             control.start()
         except OSError as err:

@@ -293,9 +293,10 @@ def assert_runs_as_its_own_user(box: Sandbox) -> None:
     assert credentials["Uid"].split() == [uid] * 4, credentials
     journal_gid = str(gid_of(box, "systemd-journal"))
     assert journal_gid in credentials["Groups"].split(), credentials
-    # CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19), effective and
-    # bounding, and nothing else.
-    wanted = (1 << 2) | (1 << 19)
+    # CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19) for owners,
+    # CAP_NET_ADMIN (12) for exec events on older kernels and CAP_SYS_ADMIN
+    # (21) to enter network namespaces: effective and bounding, nothing else.
+    wanted = (1 << 2) | (1 << 12) | (1 << 19) | (1 << 21)
     for line in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
         assert int(credentials[line], 16) == wanted, (line, credentials)
 

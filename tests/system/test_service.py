@@ -28,7 +28,11 @@ CONFIG = "/etc/portwatchd/portwatchd.toml"
 MESSAGE_ID_OPENED = "bc5aa3412226442ea87addfff74cb425"
 MESSAGE_ID_CLOSED = "6a63009634414d579ea098597164285c"
 MESSAGE_ID_RELOAD_REFUSED = "e8fa0f95b4d54ab0a5fd1fcda24f1e0f"
-STATUS_PATTERN = re.compile(r"watching \d+ ports? every [0-9.]+s; \d+ events? in the last hour")
+STATUS_PATTERN = re.compile(
+    r"watching \d+ ports? every [0-9.]+s; \d+ events? in the last hour"
+    # This sandbox runs in a PID namespace of its own, where exec events never come.
+    r"(; polling only for new programs)?"
+)
 
 T = TypeVar("T")
 
