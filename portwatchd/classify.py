@@ -36,7 +36,7 @@ PlaceOf = Callable[[Endpoint, Owner], Place]
 IsIgnored = Callable[[Endpoint, Owner, EventType, Place], bool]
 IsExpected = Callable[[Endpoint, Owner, Place], bool | None]
 # The events an [[expect]] rule judges: a listener that starts listening.
-JUDGED_BY_EXPECT = frozenset({"opened", "restarted", "transient"})
+JUDGED_BY_EXPECT = frozenset({"opened", "restarted"})
 
 
 def _host_place(_endpoint: Endpoint, _owner: Owner) -> Place:

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from typing import Any, TextIO
 
-EVENT_HEADERS = ("SEQ", "TIME", "TYPE", "PROTO", "ADDRESS", "PORT", "PID", "PROCESS", "UNIT")
+EVENT_HEADERS = (
+    "SEQ", "TIME", "TYPE", "PROTO", "ADDRESS", "PORT", "WHERE", "PID", "PROCESS", "UNIT",
+)  # fmt: skip
 # Rows printed before all are known cannot be measured in advance: widths that fit most.
-EVENT_STREAM_WIDTHS = (6, 23, 6, 5, 15, 5, 7, 15, 0)
+EVENT_STREAM_WIDTHS = (6, 23, 6, 5, 15, 5, 5, 7, 15, 0)
 PORT_HEADERS = ("PROTO", "ADDRESS", "PORT", "PID", "PROCESS", "UNIT")
 # `ports` with where each listener lives; EXPECTED only once any [[expect]] rule exists.
 PLACE_PORT_HEADERS = ("PROTO", "ADDRESS", "PORT", "EXPOSURE", "WHERE", "PID", "PROCESS", "UNIT")
@@ -156,6 +158,7 @@ def event_row(event: dict[str, Any], local: bool = False) -> list[str]:
         text_or_dash(event.get("proto")),
         address_text(event),
         text_or_dash(event.get("port")),
+        where_text(event),
         text_or_dash(owner.get("pid")),
         text_or_dash(owner.get("comm")),
         text_or_dash(owner.get("unit")),

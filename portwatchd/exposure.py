@@ -1,4 +1,5 @@
-"""Who can reach a listener: its exposure, from its address alone. Pure: no I/O.
+"""Who can reach a listener: its exposure, from its address and, for a wildcard,
+the addresses its namespace holds. Pure: no I/O.
 
 The classes, narrowest first (EXPOSURES in model.py):
 - loopback: 127.0.0.0/8, ::1: only the same network namespace;

@@ -201,6 +201,8 @@ def test_shipped_default_file_shows_every_key_with_its_default(tmp_path: Path) -
     assert sorted(shown) == sorted(
         [
             "interval",
+            "restart_grace",
+            "realtime",
             "backend",
             "owners",
             "metrics_textfile",

@@ -241,12 +241,12 @@ def test_events_human_table(serve: Any, backend: MemoryBackend, capsys: Any) -> 
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == [
-        "SEQ", "TIME", "TYPE", "PROTO", "ADDRESS", "PORT", "PID", "PROCESS", "UNIT",
+        "SEQ", "TIME", "TYPE", "PROTO", "ADDRESS", "PORT", "WHERE", "PID", "PROCESS", "UNIT",
     ]  # fmt: skip
     assert "\033[" not in out  # not a terminal: no colour
     first = lines[1].split()
     assert first[0] == "1" and first[3] == "UTC" and first[4:] == [
-        "opened", "tcp", "127.0.0.1", "22", "101", "sshd", "ssh.service",
+        "opened", "tcp", "127.0.0.1", "22", "host", "101", "sshd", "ssh.service",
     ]  # fmt: skip
     # Columns line up: every row has its TYPE where the header has it.
     column = lines[0].index("TYPE")

@@ -179,6 +179,7 @@ def test_table_has_one_legend_across_pages_and_none_with_no_legend(
         "PROTO",
         "ADDRESS",
         "PORT",
+        "WHERE",
         "PID",
         "PROCESS",
         "UNIT",

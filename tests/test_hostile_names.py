@@ -160,7 +160,7 @@ def test_a_name_not_utf8_in_the_tables() -> None:
     [events_row] = format_table(EVENT_HEADERS, [event_row(event.to_dict())], legend=False)
     assert events_row.split() == [
         "1", "2026-11-25", "14:20:31", "UTC", "closed", "tcp",
-        "fe80::1%eth\\xff", "22", "612", "ssh\\xfed", "a\\tb.service",
+        "fe80::1%eth\\xff", "22", "host", "612", "ssh\\xfed", "a\\tb.service",
     ]  # fmt: skip
     out = io.StringIO()
     record = port_record(event.endpoint.to_dict(), event.owner.to_dict())

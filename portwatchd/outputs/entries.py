@@ -99,7 +99,10 @@ def _place_text(event: Event) -> str:
     if place.container is not None:
         name = place.container_label()
         runtime = f" ({escape_text(place.container_runtime)})" if place.container_runtime else ""
-        return f" in container {escape_text(name)}{runtime}"
+        # A container on the host's network (docker run --network host)
+        # listens on the host's addresses.
+        shared = ", on the host's network" if place.scope == "host" else ""
+        return f" in container {escape_text(name)}{runtime}{shared}"
     if event.endpoint.netns:
         return f" in netns {escape_text(place.netns_name or str(event.endpoint.netns))}"
     return ""

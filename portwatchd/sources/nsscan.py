@@ -6,8 +6,9 @@ then looks at each in turn. A namespace's source is
 - netlink: NETLINK_SOCK_DIAG and NETLINK_ROUTE sockets made inside it
   (nsopen), kept: a scan costs about 0.1 ms;
 - proc: without CAP_SYS_ADMIN (setns refused), /proc/PID/net/* of a
-  process inside it (about 8 ms, no interface binding, no v6only, no
-  addresses); a namespace with no process left cannot be read this way.
+  process inside it (about 8 ms, no interface binding, no v6only; its
+  addresses from /proc/PID/net too); a namespace with no process left
+  cannot be read this way.
 
 A kept socket holds its namespace alive, so a namespace that no process
 and no bind mount names any more must be closed here (`sync` does it), or
