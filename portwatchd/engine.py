@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from portwatchd.classify import Judge, RestartWindow, classify, owner_changes
+from portwatchd.cookies import CookieIndex
 from portwatchd.diff import Snapshot, diff_snapshots, snapshot_of
 from portwatchd.log import EventLog
 from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
@@ -35,7 +36,7 @@ from portwatchd.model import (
 from portwatchd.ownerbook import OwnerBook
 from portwatchd.passes import Chunk, EngineStats, Pass, chunks_of
 from portwatchd.sources.base import ScanError, Scanner
-from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange, split_destroyed
+from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange
 
 Say = Callable[[int, str], None]
 
@@ -44,9 +45,6 @@ Say = Callable[[int, str], None]
 # OwnerResolver.recheck). A check of a few dozen holders costs well under
 # a millisecond.
 OWNER_RECHECK_S = 2.0
-# How long the cookie of a socket a look found gone is kept: its destroy
-# message comes within milliseconds (a kernel work queue), or was lost.
-CLOSED_COOKIES_KEPT_S = 10.0
 
 
 def counted(count: int, noun: str) -> str:
@@ -88,13 +86,13 @@ class Engine:
         self._restarts = RestartWindow(restart_grace)
         self._owner_recheck_s = owner_recheck_s
         self.ephemeral = ephemeral
-        # (netns, cookie) -> inode of every socket in the snapshot: destroy
-        # messages name sockets by cookie.
-        self._by_cookie: dict[tuple[int, int], int] = {}
+        # Destroy messages name sockets by cookie; those that come while a
+        # pass waits for owners wait for it.
+        self._cookies = CookieIndex()
         self._held_destroys: list[Endpoint] = []
-        # (netns, cookie) -> when a look found it gone (see _remember_closed).
-        self._closed_cookies: dict[tuple[int, int], float] = {}
         self._last_look: float | None = None
+        # Called when held destroy messages need a full look (see destroyed()).
+        self.look_wanted: Callable[[], None] | None = None
         self._next_recheck_at = float("-inf")
         self._last_endpoints: list[Endpoint] | None = None
         self._waiting: Pass | None = None
@@ -140,27 +138,30 @@ class Engine:
         self._begin_pass(confirmed, started, detected)
         return True
 
-    def destroyed(self, sockets: Sequence[Endpoint]) -> None:
+    def destroyed(self, sockets: Sequence[Endpoint]) -> bool:
         """The kernel's destroy messages: sockets whose last reference is gone.
 
         A listener a look saw closes now, without a second look: the kernel
         itself says it is gone. A listening-shaped socket no look saw lived
         between two looks: a `transient` event. While a pass waits for its
         owners, the messages wait for it (it may hold the very sockets).
+
+        True when only a full look can tell what closed: a message for a key
+        whose sockets a source without cookies (/proc) listed.
         """
         if self._waiting is not None or self._first:
             if not self._first:
                 self._held_destroys.extend(sockets)
-            return
-        fresh = [s for s in sockets if (s.netns, s.cookie) not in self._closed_cookies]
-        known, unseen = split_destroyed(fresh, self._by_cookie, self.ephemeral)
-        gone = {self._by_cookie[(endpoint.netns, endpoint.cookie)] for endpoint in known}
+            return False
+        found = self._cookies.split(sockets, self.ephemeral)
+        gone, unseen, look = found.gone, found.transients, found.look
         if not gone and not unseen:
-            return
+            return look
         started = self._monotonic()
         since_look = started - self._last_look if self._last_look is not None else 0.0
         endpoints = [endpoint for endpoint in self._sockets.values() if endpoint.inode not in gone]
         self._begin_pass(endpoints, started, "destroy", transients=unseen, since_look_s=since_look)
+        return look
 
     def _confirm_departures(self, endpoints: list[Endpoint]) -> list[Endpoint] | None:
         """The scan, with every socket that seems gone looked for once more.
@@ -304,13 +305,8 @@ class Engine:
         ]
         self._snapshot = pass_.snapshot
         if self._sockets is not pass_.sockets:
-            self._remember_closed(removed, now)
+            self._cookies.update(pass_.sockets, removed, now)
             self._sockets = pass_.sockets
-            self._by_cookie = {
-                (endpoint.netns, endpoint.cookie): inode
-                for inode, endpoint in pass_.sockets.items()
-                if endpoint.cookie
-            }
         self._last_endpoints = pass_.endpoints
         self._append_chunks(chunks_of(drafts, added, removed), pass_, reported=len(drafts))
 
@@ -341,18 +337,15 @@ class Engine:
             self._report_start(reported, baseline=pass_.baseline)
         self._scanned(pass_.started)
         if self._held_destroys:
-            held, self._held_destroys = self._held_destroys, []
-            self.destroyed(held)
+            # At a later turn: the loop's own looks (the poll) come between
+            # passes however many messages keep coming.
+            self._defer(self._take_held_destroys)
 
-    def _remember_closed(self, removed: list[Endpoint], now: float) -> None:
-        """A look may find a socket gone before its destroy message is read:
-        the message must then not pass for a listener no look saw."""
-        horizon = now - CLOSED_COOKIES_KEPT_S
-        if self._closed_cookies and min(self._closed_cookies.values()) < horizon:
-            self._closed_cookies = {k: t for k, t in self._closed_cookies.items() if t >= horizon}
-        for endpoint in removed:
-            if endpoint.cookie:
-                self._closed_cookies[(endpoint.netns, endpoint.cookie)] = now
+    def _take_held_destroys(self) -> None:
+        if self._waiting is None and self._held_destroys:
+            held, self._held_destroys = self._held_destroys, []
+            if self.destroyed(held) and self.look_wanted is not None:
+                self.look_wanted()
 
     def _transient_drafts(self, pass_: Pass, judge: Judge, time_text: str) -> list[EventDraft]:
         """Listeners that opened and closed between two looks: the destroy

@@ -74,6 +74,7 @@ class RealTime:
         """Subscribe (before the first look, so that nothing closes unseen
         between the look and the subscription) and say what is active."""
         self._looker = looker
+        self.engine.look_wanted = lambda: self._look("scan")
         self._watch_destroys(0, self._open_destroy)
         try:
             self._exec = self._open_exec()
@@ -161,8 +162,8 @@ class RealTime:
             self._look("scan")
             return
         self.destroy_messages_total += len(batch.sockets)
-        if batch.sockets:
-            self.engine.destroyed(batch.sockets)
+        if batch.sockets and self.engine.destroyed(batch.sockets):
+            self._look("scan")
         if batch.overrun:
             # The kernel dropped messages: only a full look knows what closed.
             self.overruns_total += 1
