@@ -76,7 +76,9 @@ class SocketConfig:
 class Config:
     """Everything the daemon can be told. The defaults run without a file."""
 
-    interval: float = 1.0
+    # Seconds between full looks; None ("auto"): SAFETY_NET_POLL_S while the
+    # kernel's notices report closes and new programs, DEFAULT_POLL_S if not.
+    interval: float | None = None
     # A key reopened this soon after it closed, by the same program or unit,
     # is reported as restarted; 0 = never.
     restart_grace: float = 5.0

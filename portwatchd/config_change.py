@@ -145,7 +145,7 @@ def _value(key: str, config: Config) -> object:
 def _value_text(key: str, config: Config) -> str:
     value = _value(key, config)
     if value is None:
-        return "none"
+        return "auto" if key == "interval" else "none"
     in_seconds = ("interval", "restart_grace", "socket.idle_timeout", "history_max_age")
     if key in in_seconds and isinstance(value, int | float):
         return f"{number_text(value)}s"

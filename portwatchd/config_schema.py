@@ -86,6 +86,20 @@ def number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def seconds_or_auto(low: float, high: float) -> Check:
+    """A number of seconds, or "auto" (None: the daemon chooses)."""
+    number = seconds(low, high)
+
+    def check(value: object) -> float | None:
+        if value == "auto":
+            return None
+        if isinstance(value, str):
+            raise InvalidValueError(f'must be a number of seconds or "auto", got "{value}"')
+        return float(number(value))
+
+    return check
+
+
 def seconds(low: float, high: float) -> Check:
     def check(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -229,7 +243,7 @@ HISTORY_SIZE_MAX = 10_000_000
 HISTORY_MAX_AGE_MAX_S = 3650 * 86400.0
 
 TOP_LEVEL: dict[str, tuple[str, Check]] = {
-    "interval": ("interval", seconds(0.1, 3600)),
+    "interval": ("interval", seconds_or_auto(0.1, 3600)),
     "restart_grace": ("restart_grace", seconds(0, 3600)),
     "realtime": ("realtime", boolean),
     "backend": ("backend", choice("auto", "netlink", "proc")),

@@ -31,11 +31,13 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 78
 
 
-def positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float | str:
+    if text == "auto":
+        return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number of seconds or auto: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"configuration file (default {DEFAULT_CONFIG_PATH}; optional)",
     )
     parser.add_argument(
-        "--interval", type=positive_seconds, metavar="SECONDS", help="seconds between scans"
+        "--interval",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="seconds between full scans, or auto (5 with the kernel's notices, else 1)",
     )
     parser.add_argument("--socket", metavar="PATH", help="control socket path")
     parser.add_argument("--state-dir", metavar="PATH", help="where the event store lives")

@@ -94,6 +94,8 @@ class Engine:
         # Called when held destroy messages need a full look (see destroyed()).
         self.look_wanted: Callable[[], None] | None = None
         self._next_recheck_at = float("-inf")
+        # Closed sockets the resolver's cache may drop, with the next job.
+        self._forget: set[int] = set()
         self._last_endpoints: list[Endpoint] | None = None
         self._waiting: Pass | None = None
         # Sockets a step's looks all missed, kept until the next step misses
@@ -128,8 +130,7 @@ class Engine:
         self.stats.scans_total += 1
         # The netlink scanner hands back the very same Endpoint objects for
         # unchanged replies: an idle host's pass ends with identity checks.
-        idle = endpoints == self._last_endpoints and not self._unknown_owners()
-        if idle and not self._recheck_due(started):
+        if endpoints == self._last_endpoints and not self._owners_due(started):
             self._scanned(started)
             return True
         confirmed = self._confirm_departures(endpoints)
@@ -257,16 +258,24 @@ class Engine:
         if not self.owners_enabled:
             self._finish_pass(LookupResult({}))
             return
-        retry = self._unknown_owners() & sockets.keys()
+        retry: set[int] = set()
         recheck = None
-        if self._recheck_due(started):
+        if self._owners_due(started):
             self._next_recheck_at = started + self._owner_recheck_s
-            pass_.rechecked = True
+            retry = self._unknown_owners() & sockets.keys()
             recheck = self._owners.of(sockets.keys())
-        self._lookup.submit(lookup_job(pass_.new, retry, pass_.gone, recheck), self._finish_pass)
+        if not pass_.new and not retry and not recheck:
+            # Nothing to look up (a close): no round trip through the worker.
+            self._forget |= pass_.gone
+            self._finish_pass(LookupResult({}))
+            return
+        forget, self._forget = pass_.gone | self._forget, set()
+        self._lookup.submit(lookup_job(pass_.new, retry, forget, recheck), self._finish_pass)
 
-    def _recheck_due(self, now: float) -> bool:
-        return self.owners_enabled and bool(self._owners) and now >= self._next_recheck_at
+    def _owners_due(self, now: float) -> bool:
+        """Time to check the owners of the sockets that stay, and to look
+        again for those nobody could be seen holding."""
+        return self.owners_enabled and now >= self._next_recheck_at
 
     def _finish_pass(self, result: LookupResult) -> None:
         """The continuation: owners are in; classify, then append in chunks."""

@@ -23,7 +23,6 @@ class Pass:
     baseline: bool  # the first scan of a fresh install: no events, only the snapshot
     new: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
-    rechecked: bool = False  # the owners of the sockets that stay were checked
     # Destroy messages of listening-shaped sockets no look saw, and how long
     # before they came the last look was: `transient` events.
     transients: list[Endpoint] = field(default_factory=list)

@@ -98,7 +98,9 @@ class Reloader:
         """Apply one part of the new configuration; the running configuration
         with that part changed, or unchanged and the reason it did not apply."""
         if part == "interval":
-            runner.reschedule(running.interval, new.interval)
+            runner.reschedule(
+                runner.interval_for(running.interval), runner.interval_for(new.interval)
+            )
             return replace(running, interval=new.interval), None
         if part == "restarts":
             runner.engine.restart_grace = new.restart_grace

@@ -46,9 +46,13 @@ EXIT_FAILURE = 1
 HEARTBEAT_S = 30.0
 RELOAD_SPACING_S = 1.0
 STORE_RETRY_S = 5.0
-PRUNE_EVERY_S = 1.0
+PRUNE_EVERY_S = 5.0
 LOOKUP_STUCK_S = 10.0
 JOURNAL_FLUSH_AT_STOP_S = 2.0
+# The poll when `interval` is "auto": a safety net while the kernel's
+# notices report closes and new programs, the only way to see changes when not.
+SAFETY_NET_POLL_S = 5.0
+DEFAULT_POLL_S = 1.0
 # How often the metrics textfile is rewritten; node_exporter reads it when scraped.
 METRICS_EVERY_S = 15.0
 
@@ -154,7 +158,7 @@ class Runner:
             f"portwatchd {__version__} ready: {self.status_line()}; "
             f"control socket {self.config.socket.path}",
         )
-        self._next_scan = self._monotonic() + self.config.interval
+        self._next_scan = self._monotonic() + self.poll_interval
         self._next_heartbeat = self._monotonic()  # alive from now: dates a crash's downtime
         while not self._stop:
             self._turn(self._until_due())
@@ -199,7 +203,7 @@ class Runner:
             return False  # the last pass still waits for owners: its continuation comes first
         self._look = None
         if polled:
-            self._next_scan = started + self.config.interval
+            self._next_scan = started + self.poll_interval
         if self.realtime is not None:
             self.realtime.looked()
             self.realtime.sync_namespaces()
@@ -207,6 +211,19 @@ class Runner:
 
     def uptime(self) -> float:
         return self._monotonic() - self._started
+
+    @property
+    def poll_interval(self) -> float:
+        return self.interval_for(self.config.interval)
+
+    def interval_for(self, interval: float | None) -> float:
+        """The seconds between full looks that `interval` means here."""
+        if interval is not None:
+            return interval
+        realtime = self.realtime
+        if realtime is not None and all(s == "active" for s in realtime.status().values()):
+            return SAFETY_NET_POLL_S
+        return DEFAULT_POLL_S
 
     def reschedule(self, old_interval: float, new_interval: float) -> None:
         """A new interval counts from the last scan: a shorter one applies

@@ -49,7 +49,7 @@ def status_report(runner: Runner) -> dict[str, Any]:
         "version": __version__,
         "pid": os.getpid(),
         "uptime_s": round(runner.uptime(), 3),
-        "interval_s": config.interval,
+        "interval_s": runner.poll_interval,
         "backend": runner.engine.scanner.name,
         "owners": config.owners,
         "ports_watched": runner.engine.ports_watched,
@@ -114,7 +114,7 @@ def status_line(runner: Runner) -> str:
     engine = runner.engine
     line = (
         f"watching {counted(engine.ports_watched, 'port')} every "
-        f"{runner.config.interval:g}s; "
+        f"{runner.poll_interval:g}s; "
         f"{counted(runner.event_rate.last_hour(), 'event')} in the last hour"
     )
     if engine.stats.scan_error:

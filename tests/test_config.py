@@ -46,7 +46,7 @@ def error_of(tmp_path: Path, text: str) -> ConfigError:
 
 def test_defaults_run_without_a_file() -> None:
     config = Config()
-    assert config.interval == 1.0
+    assert config.interval is None  # "auto": 5 s with the kernel's notices, 1 s without
     assert config.backend == "auto"
     assert config.owners is True
     assert config.state_dir == "/var/lib/portwatchd"
@@ -361,7 +361,7 @@ def test_every_override_name_maps_to_a_real_key() -> None:
     ("overrides", "expected"),
     [
         ({"interval": 0}, "--interval: must be between 0.1 and 3600 seconds, got 0"),
-        ({"interval": "2"}, '--interval: must be a number of seconds, got string "2"'),
+        ({"interval": "2"}, '--interval: must be a number of seconds or "auto", got "2"'),
         ({"socket_path": ""}, "--socket: must not be empty"),
         ({"state_dir": ""}, "--state-dir: must not be empty"),
         (

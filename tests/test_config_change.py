@@ -29,8 +29,8 @@ def test_where_a_file_was_read_from_is_not_a_change(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("new", "keys", "parts", "described"),
     [
-        (Config(interval=2), ("interval",), ("interval",), "interval 1s -> 2s"),
-        (Config(interval=0.5), ("interval",), ("interval",), "interval 1s -> 0.5s"),
+        (Config(interval=2), ("interval",), ("interval",), "interval auto -> 2s"),
+        (Config(interval=0.5), ("interval",), ("interval",), "interval auto -> 0.5s"),
         (Config(backend="proc"), ("backend",), ("backend",), "backend auto -> proc"),
         (Config(owners=False), ("owners",), ("owners",), "owners true -> false"),
         (Config(history_size=5), ("history_size",), ("history",), "history_size 10000 -> 5"),
@@ -86,7 +86,7 @@ def test_restart_only_keys_are_named_apart() -> None:
     assert change.parts == ("interval",)
     assert change.restart_only == RESTART_ONLY
     assert change.describe() == (
-        "interval 1s -> 3s; state_dir, log_target, log_format, realtime apply at the next restart"
+        "interval auto -> 3s; state_dir, log_target, log_format, realtime apply at the next restart"
     )
 
 

@@ -32,7 +32,8 @@ BAD_VALUES = [
     ("interval = 0", 1, "interval", "must be between 0.1 and 3600 seconds, got 0"),
     ("interval = 3601.5", 1, "interval", "must be between 0.1 and 3600 seconds, got 3601.5"),
     ("interval = nan", 1, "interval", "must be between 0.1 and 3600 seconds, got nan"),
-    ('interval = "1"', 1, "interval", 'must be a number of seconds, got string "1"'),
+    ('interval = "1"', 1, "interval", 'must be a number of seconds or "auto", got "1"'),
+    ('interval = "fast"', 1, "interval", 'must be a number of seconds or "auto", got "fast"'),
     ("interval = true", 1, "interval", "must be a number of seconds, got boolean true"),
     (
         'backend = "ebpf"',
