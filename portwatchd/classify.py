@@ -199,3 +199,24 @@ def owner_changes(
         if draft is not None:
             drafts.append(draft)
     return drafts
+
+
+def transient_drafts(
+    endpoints: Iterable[Endpoint], *, judge: Judge, time: str, lived_at_most_s: float
+) -> list[EventDraft]:
+    """Listeners that opened and closed between two looks: the destroy
+    message says where, and that they lived at most since the last look.
+    Their owner is gone with them."""
+    drafts = []
+    for endpoint in endpoints:
+        draft = judge.draft(
+            "transient",
+            endpoint,
+            UNKNOWN_OWNER,
+            time=time,
+            detected="destroy",
+            lifetime_max_seconds=round(lived_at_most_s, 3),
+        )
+        if draft is not None:
+            drafts.append(draft)
+    return drafts

@@ -148,7 +148,7 @@ class TableWriter:
 def event_row(event: dict[str, Any], local: bool = False) -> list[str]:
     """One row of the `events` table, every cell escaped (model.escape_text)."""
     # Imported here, not at start-up: `status` never needs it.
-    from portwatchd.model import escape_text
+    from portwatchd.text import escape_text
 
     owner = event.get("owner") or {}
     row = [
@@ -230,7 +230,7 @@ def print_ports(
     if as_json:
         out.write(json.dumps(records, indent=None) + "\n")
         return
-    from portwatchd.model import escape_text
+    from portwatchd.text import escape_text
 
     with_expected = with_place and any(r.get("expected") is not None for r in records)
     headers = list(PLACE_PORT_HEADERS if with_place else PORT_HEADERS)

@@ -16,11 +16,15 @@ from portwatchd import __version__
 from portwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from portwatchd.model import PRIORITY_ERR, PRIORITY_WARNING, Endpoint, Owner, Place
 
+Say = Callable[[int, str], None]
+
 if TYPE_CHECKING:
     from portwatchd.control.transport import ControlServer
+    from portwatchd.engine import Engine
     from portwatchd.log import EventLog
     from portwatchd.reactor import Reactor
     from portwatchd.runner import Runner
+    from portwatchd.sources.base import Scanner
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -153,22 +157,15 @@ def build_runner(
     config: Config, read_config: Callable[[], Config], inherited: Any, reactor: Reactor
 ) -> Runner | int:
     """Every part of the daemon, wired; an exit status when one cannot be had."""
-    from portwatchd.classify import Judge
-    from portwatchd.engine import Engine
-    from portwatchd.lookup import ThreadedLookup
     from portwatchd.notify import Notifier
     from portwatchd.outputs.journal import JournalSink, open_sink
     from portwatchd.outputs.journal_writer import JournalWriter
-    from portwatchd.places import Places
     from portwatchd.realtime import RealTime
     from portwatchd.reload import Reloader
     from portwatchd.runner import Runner
-    from portwatchd.sources.allns import AllNamespaces
-    from portwatchd.sources.base import ScanError, Scanner
-    from portwatchd.sources.choose import open_scanner
+    from portwatchd.sources.base import ScanError
+    from portwatchd.sources.choose import open_sources
     from portwatchd.sources.netns import host_netns
-    from portwatchd.sources.nsscan import NamespaceScanners
-    from portwatchd.sources.owners import OwnerResolver
 
     sink = open_sink(config.log_target, json_lines=config.log_format == "json")
     log = open_log(config, reads_journal=isinstance(sink, JournalSink))
@@ -179,12 +176,7 @@ def build_runner(
     host_inode = host_netns()
 
     def scanner_for(wanted: Config) -> Scanner:
-        host = open_scanner(
-            wanted.backend, log=lambda message: writer.say(PRIORITY_WARNING, message)
-        )
-        if wanted.namespaces == "host":
-            return host
-        return AllNamespaces(host, NamespaceScanners(host_inode), say=writer.say)
+        return open_sources(wanted.backend, wanted.namespaces, host_inode, writer.say)
 
     try:
         scanner = scanner_for(config)
@@ -193,17 +185,8 @@ def build_runner(
         writer.close(2.0)
         log.close()
         return EXIT_FAILURE
-    places = Places(host_inode, lambda: engine.scanner)
-    engine = Engine(
-        scanner=scanner,
-        log=log,
-        lookup=ThreadedLookup(OwnerResolver(), reactor),
-        judge=Judge(ignored=config.is_ignored, place=places.place, expected=config.is_expected),
-        say=writer.say,
-        owners_enabled=config.owners,
-        restart_grace=config.restart_grace,
-        ephemeral=ephemeral_ports(writer.say),
-        defer=reactor.call_soon_threadsafe,
+    engine = build_engine(
+        config, scanner, log, say=writer.say, reactor=reactor, host_inode=host_inode
     )
 
     def control_for(new: Config, passed: socket.socket | None) -> ControlServer:
@@ -224,18 +207,31 @@ def build_runner(
     return runner
 
 
-def ephemeral_ports(say: Callable[[int, str], None]) -> tuple[int, int]:
-    """The kernel's ephemeral port range: a UDP socket closed unseen is a
-    transient listener only outside it (a client's socket is inside)."""
-    from portwatchd.sources.base import ScanError
-    from portwatchd.sources.destroy import ephemeral_range
-    from portwatchd.transient import DEFAULT_EPHEMERAL
+def build_engine(
+    config: Config, scanner: Scanner, log: EventLog, *, say: Say, reactor: Reactor, host_inode: int
+) -> Engine:
+    """The engine over `scanner`, judging with `config`'s rules; places told
+    against the host's namespace `host_inode`."""
+    from portwatchd.classify import Judge
+    from portwatchd.engine import Engine
+    from portwatchd.lookup import ThreadedLookup
+    from portwatchd.places import Places
+    from portwatchd.sources.choose import ephemeral_ports
+    from portwatchd.sources.owners import OwnerResolver
 
-    try:
-        return ephemeral_range()
-    except ScanError as err:
-        say(PRIORITY_WARNING, f"{err}; taking the kernel's default {DEFAULT_EPHEMERAL}")
-        return DEFAULT_EPHEMERAL
+    places = Places(host_inode, lambda: engine.scanner)
+    engine = Engine(
+        scanner=scanner,
+        log=log,
+        lookup=ThreadedLookup(OwnerResolver(), reactor),
+        judge=Judge(ignored=config.is_ignored, place=places.place, expected=config.is_expected),
+        say=say,
+        owners_enabled=config.owners,
+        restart_grace=config.restart_grace,
+        ephemeral=ephemeral_ports(say),
+        defer=reactor.call_soon_threadsafe,
+    )
+    return engine
 
 
 def open_log(config: Config, *, reads_journal: bool) -> EventLog:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from portwatchd.classify import Judge, RestartWindow, classify, owner_changes
+from portwatchd.classify import Judge, RestartWindow, classify, owner_changes, transient_drafts
 from portwatchd.cookies import CookieIndex
 from portwatchd.diff import Snapshot, diff_snapshots, snapshot_of
 from portwatchd.log import EventLog
@@ -25,16 +25,14 @@ from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
 from portwatchd.model import (
     PRIORITY_ERR,
     PRIORITY_INFO,
-    UNKNOWN_OWNER,
     Detection,
     Endpoint,
-    EventDraft,
     Owner,
     rfc3339,
     utc_now,
 )
 from portwatchd.ownerbook import OwnerBook
-from portwatchd.passes import Chunk, EngineStats, Pass, chunks_of
+from portwatchd.passes import Chunk, Confirmation, EngineStats, Pass, chunks_of
 from portwatchd.sources.base import ScanError, Scanner
 from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange
 
@@ -98,9 +96,7 @@ class Engine:
         self._forget: set[int] = set()
         self._last_endpoints: list[Endpoint] | None = None
         self._waiting: Pass | None = None
-        # Sockets a step's looks all missed, kept until the next step misses
-        # them too (scanners whose re-reads are not independent looks).
-        self._suspects: set[int] = set()
+        self._confirmation = Confirmation(self.stats)
         self._waiting_since: float | None = None
         # The saved snapshot stands until the first scan replaces it.
         for endpoint, owner in log.sockets():
@@ -165,36 +161,13 @@ class Engine:
         return look
 
     def _confirm_departures(self, endpoints: list[Endpoint]) -> list[Endpoint] | None:
-        """The scan, with every socket that seems gone looked for once more.
-
-        Neither a sock_diag dump nor a /proc/net read is an atomic snapshot:
-        the kernel resumes each chunk at a hash bucket and an index into it,
-        so a socket removed before that index in the same bucket shifts a
-        stable socket past the cut, and one read misses it (or lists it
-        twice). A departure is therefore believed only when a second look
-        misses the socket too; sockets the second look sees are kept. None
-        when the second look fails: the next step tries again.
-        """
-        seen = {endpoint.inode for endpoint in endpoints}
-        if all(inode in seen for inode in self._sockets):
-            self._suspects.clear()
-            return endpoints
+        """The scan with departures confirmed (see Confirmation); None when
+        the second look fails: the next step tries again."""
         try:
-            again = self.scanner.scan()
+            return self._confirmation.confirm(self.scanner, endpoints, self._sockets)
         except ScanError as err:
             self._scan_failed(str(err))
             return None
-        self.stats.confirmations_total += 1
-        confirmed = endpoints + [endpoint for endpoint in again if endpoint.inode not in seen]
-        if self.scanner.rereads_independent:
-            return confirmed
-        # Where a re-read is no independent look, a socket must also be
-        # missed by the next step's looks; until then it stays.
-        seen.update(endpoint.inode for endpoint in again)
-        missing = {inode for inode in self._sockets if inode not in seen}
-        kept = missing - self._suspects
-        self._suspects = kept
-        return confirmed + [self._sockets[inode] for inode in sorted(kept)]
 
     @property
     def restart_grace(self) -> float:
@@ -307,7 +280,9 @@ class Engine:
         self._owners.forget(pass_.gone)
         refreshed, handed = self._owners.take(result, pass_.sockets, pass_.new)
         drafts += owner_changes(handed, time=time_text, detected=pass_.detected, judge=judge)
-        drafts += self._transient_drafts(pass_, judge, time_text)
+        drafts += transient_drafts(
+            pass_.transients, judge=judge, time=time_text, lived_at_most_s=pass_.since_look_s
+        )
         added = [
             (pass_.sockets[inode], self._owners.get(inode))
             for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))
@@ -356,26 +331,6 @@ class Engine:
             if self.destroyed(held) and self.look_wanted is not None:
                 self.look_wanted()
 
-    def _transient_drafts(self, pass_: Pass, judge: Judge, time_text: str) -> list[EventDraft]:
-        """Listeners that opened and closed between two looks: the destroy
-        message says where, and that they lived at most since the last look.
-        Their owner is gone with them."""
-        drafts = []
-        for endpoint in pass_.transients:
-            draft = judge.draft(
-                "transient",
-                endpoint,
-                UNKNOWN_OWNER,
-                time=time_text,
-                detected="destroy",
-                lifetime_max_seconds=round(pass_.since_look_s, 3),
-            )
-            if draft is not None:
-                drafts.append(draft)
-        return drafts
-
-    # -- bookkeeping -------------------------------------------------------------
-
     def _unknown_owners(self) -> set[int]:
         if not self.owners_enabled:
             return set()
@@ -411,7 +366,7 @@ class Engine:
         self.scanner.close()
         self.scanner = scanner
         self._last_endpoints = None
-        self._suspects.clear()
+        self._confirmation.reset()
 
     def close(self) -> None:
         self._lookup.close()

@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-from portwatchd.model import escape_text
+from portwatchd.text import escape_text
 
 Send = Callable[[str], None]
 

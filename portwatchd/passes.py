@@ -4,10 +4,12 @@ how its events are cut into store transactions. Pure data and functions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from portwatchd.diff import Change, Snapshot
 from portwatchd.model import Detection, Endpoint, EventDraft, Owner
+from portwatchd.sources.base import Scanner
 
 
 @dataclass(slots=True)
@@ -79,3 +81,44 @@ class EngineStats:
     scan_error: str | None = None
     events_by_type: dict[str, int] = field(default_factory=dict)
     detections: dict[str, int] = field(default_factory=dict)
+
+
+class Confirmation:
+    """Departures believed only once a second look confirms them.
+
+    Neither a sock_diag dump nor a /proc/net read is an atomic snapshot:
+    the kernel resumes each chunk at a hash bucket and an index into it, so
+    a socket removed before that index in the same bucket shifts a stable
+    socket past the cut, and one read misses it (or lists it twice). A
+    departure is therefore believed only when a second look misses the
+    socket too; sockets the second look sees are kept. Where a re-read is
+    no independent look (/proc), a socket must also be missed by the next
+    step's looks: until then it is a suspect, and stays.
+    """
+
+    def __init__(self, stats: EngineStats) -> None:
+        self._stats = stats
+        self._suspects: set[int] = set()
+
+    def reset(self) -> None:
+        self._suspects.clear()
+
+    def confirm(
+        self, scanner: Scanner, endpoints: list[Endpoint], watched: Mapping[int, Endpoint]
+    ) -> list[Endpoint]:
+        """`endpoints` (one look) with the watched sockets it missed but a
+        second look saw, or that are still only suspects. Raises ScanError."""
+        seen = {endpoint.inode for endpoint in endpoints}
+        if all(inode in seen for inode in watched):
+            self._suspects.clear()
+            return endpoints
+        again = scanner.scan()
+        self._stats.confirmations_total += 1
+        confirmed = endpoints + [endpoint for endpoint in again if endpoint.inode not in seen]
+        if scanner.rereads_independent:
+            return confirmed
+        seen.update(endpoint.inode for endpoint in again)
+        missing = {inode for inode in watched if inode not in seen}
+        kept = missing - self._suspects
+        self._suspects = kept
+        return confirmed + [watched[inode] for inode in sorted(kept)]

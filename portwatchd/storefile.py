@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from portwatchd.logstore import Batch, EventFilter, normal_time
-from portwatchd.model import Event, printable_name
+from portwatchd.model import Event
+from portwatchd.text import printable_name
 
 SCHEMA_VERSION = 1
 TABLES = frozenset({"events", "sockets", "meta", "losses"})

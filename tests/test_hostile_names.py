@@ -21,12 +21,13 @@ import pytest
 
 from portwatchd import ctl
 from portwatchd.ctl_format import EVENT_HEADERS, event_row, format_table, port_record, print_ports
-from portwatchd.model import Endpoint, Event, Owner, escape_text
+from portwatchd.model import Endpoint, Event, Owner
 from portwatchd.notify import Notifier
 from portwatchd.outputs.entries import event_fields, event_line
 from portwatchd.outputs.journal import JournalSocket, StderrSink
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.owners import OwnerResolver
+from portwatchd.text import escape_text
 from tests.named_listener import listener_named
 from tests.test_journal import _decode_entry
 

@@ -134,7 +134,7 @@ def test_stderr_text_line_is_one_line_per_event() -> None:
 
 
 def test_names_that_are_not_utf8_become_escapes_the_journal_can_take() -> None:
-    from portwatchd.model import printable_name
+    from portwatchd.text import printable_name
 
     odd = b"\xe9o".decode("utf-8", "surrogateescape")  # as Python reads such a name
     assert printable_name(odd) == "\\xe9o"

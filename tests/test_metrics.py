@@ -18,10 +18,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portwatchd.model import Endpoint, Owner, printable_name
+from portwatchd.model import Endpoint, Owner
 from portwatchd.outputs.metrics import render_metrics
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.owners import OwnerResolver
+from portwatchd.text import printable_name
 from tests.named_listener import listener_named
 
 # The Debian package build runs these tests with Debian's python3, which has

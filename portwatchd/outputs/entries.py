@@ -18,8 +18,8 @@ from portwatchd.model import (
     Event,
     Loss,
     Owner,
-    escape_text,
 )
+from portwatchd.text import escape_text
 
 # Fixed forever: journalctl MESSAGE_ID= filters and the message catalog
 # (packaging/portwatchd.catalog) key on them.

@@ -26,7 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from portwatchd.model import EVENT_TYPES, PROTOS, Endpoint, Owner, printable_name
+from portwatchd.model import EVENT_TYPES, PROTOS, Endpoint, Owner
+from portwatchd.text import printable_name
 
 PREFIX = "portwatchd_"
 # Attributes an Endpoint gains in 0.2 (classify's exposure, the network

@@ -14,7 +14,8 @@ import socket
 import sys
 from collections.abc import Callable
 
-from portwatchd.sources.base import BACKENDS, Scanner, SourceUnavailable
+from portwatchd.model import PRIORITY_WARNING
+from portwatchd.sources.base import BACKENDS, ScanError, Scanner, SourceUnavailable
 from portwatchd.sources.netlink import NetlinkScanner
 from portwatchd.sources.procnet import ProcScanner
 
@@ -65,3 +66,31 @@ def open_scanner(
         scanner.close()
         raise
     return scanner
+
+
+def open_sources(
+    backend: str, namespaces: str, host_inode: int, say: Callable[[int, str], None]
+) -> Scanner:
+    """The scanner the configuration asks for: the host's namespace alone
+    ("host"), or every namespace ("all": the host's scanner and one per
+    other namespace)."""
+    from portwatchd.sources.allns import AllNamespaces
+    from portwatchd.sources.nsscan import NamespaceScanners
+
+    host = open_scanner(backend, log=lambda message: say(PRIORITY_WARNING, message))
+    if namespaces == "host":
+        return host
+    return AllNamespaces(host, NamespaceScanners(host_inode), say=say)
+
+
+def ephemeral_ports(say: Callable[[int, str], None]) -> tuple[int, int]:
+    """The kernel's ephemeral port range: a UDP socket closed unseen is a
+    transient listener only outside it (a client's socket is inside)."""
+    from portwatchd.sources.destroy import ephemeral_range
+    from portwatchd.transient import DEFAULT_EPHEMERAL
+
+    try:
+        return ephemeral_range()
+    except ScanError as err:
+        say(PRIORITY_WARNING, f"{err}; taking the kernel's default {DEFAULT_EPHEMERAL}")
+        return DEFAULT_EPHEMERAL

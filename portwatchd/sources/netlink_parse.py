@@ -46,8 +46,9 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from portwatchd.model import Endpoint, Family, Proto, printable_name
+from portwatchd.model import Endpoint, Family, Proto
 from portwatchd.sources.base import UNAVAILABLE_ERRNOS, ParseError, ScanError, SourceUnavailable
+from portwatchd.text import printable_name
 
 SOURCE: Final = "netlink"
 

@@ -26,8 +26,9 @@ import struct
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
-from portwatchd.model import Family, printable_name
+from portwatchd.model import Family
 from portwatchd.sources.base import ParseError, ScanError
+from portwatchd.text import printable_name
 
 SOURCE: Final = "rtnetlink"
 

@@ -14,7 +14,8 @@ import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from portwatchd.model import Owner, printable_name
+from portwatchd.model import Owner
+from portwatchd.text import printable_name
 
 CMDLINE_MAX_CHARS = 200
 # Enough bytes for CMDLINE_MAX_CHARS characters of UTF-8 (4 bytes at most each).
@@ -108,7 +109,7 @@ def cgroup_path(text: str) -> str | None:
     """The cgroup a process is in, from its /proc/PID/cgroup text (the
     named systemd hierarchy of cgroup v1 first, as unit_from_cgroup).
 
-    >>> cgroup_path("0::/system.slice/docker-4f0c.scope (deleted)\n")
+    >>> cgroup_path("0::/system.slice/docker-4f0c.scope (deleted)\\n")
     '/system.slice/docker-4f0c.scope'
     """
     return next(iter(_cgroup_paths(text)), None)
