@@ -51,7 +51,7 @@ class RunningDaemon:
 
     def __init__(
         self,
-        interval: float,
+        interval: float | None,
         *,
         ring_size: int | None = None,
         stderr_pipe: bool = True,
@@ -96,7 +96,7 @@ class RunningDaemon:
                 "--config",
                 config,
                 "--interval",
-                str(interval),
+                "auto" if interval is None else str(interval),
                 "--state-dir",
                 state_dir or os.path.join(self.dir, "state"),
                 "--socket",
