@@ -114,8 +114,12 @@ def run_daemon(
     backend: str, stable: StableListeners, seconds: float, trials: int
 ) -> dict[str, Any]:
     """Phantoms on `stable` over `seconds` of churn, and close latencies."""
-    # The probe reopens its own key again and again: new listeners, not restarts.
-    config = (f'backend = "{backend}"', "restart_grace = 0")
+    # The probe reopens its own key again and again: new listeners, not
+    # restarts. Polling only: this measures what the scans and their
+    # confirmation report (the latency section measures the kernel's
+    # notices); with them, every churned listener no scan saw would be a
+    # true `transient`, thousands a second.
+    config = (f'backend = "{backend}"', "restart_grace = 0", "realtime = false")
     daemon = RunningDaemon(INTERVAL_S, config_lines=config)
     try:
         reader = EventReader(daemon.stderr_fd(), set(stable.keys.values()))
