@@ -319,7 +319,8 @@ class Engine:
         if self._first:
             self._first = False
             self._report_start(reported, baseline=pass_.baseline)
-        self._scanned(pass_.started)
+        if pass_.detected != "destroy":  # a destroy message's pass scans nothing
+            self._scanned(pass_.started)
         if self._held_destroys:
             # At a later turn: the loop's own looks (the poll) come between
             # passes however many messages keep coming.
