@@ -24,9 +24,9 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from portwatchd.config_schema import Check, InvalidValueError, choice, string
+from portwatchd.config_schema import Check, InvalidValueError, choice, non_empty_string, string
 from portwatchd.model import EXPOSURES, PROTOS, Endpoint, Owner, Place
-from portwatchd.policy import IPNetwork, address_in, check_networks, check_ports, check_unit
+from portwatchd.policy import IPNetwork, address_in, check_networks, check_ports
 
 SHORT_ID_MIN = 12  # `docker ps` shows 12 characters of an id
 
@@ -199,13 +199,6 @@ def check_process(value: object) -> str:
     return text
 
 
-def check_name(value: object) -> str:
-    text = string(value)
-    if not text:
-        raise InvalidValueError("must not be empty")
-    return text
-
-
 # [[expect]] key -> (ExpectRule field, check)
 EXPECT_KEYS: dict[str, tuple[str, Check]] = {
     "port": ("ports", check_ports),
@@ -213,7 +206,7 @@ EXPECT_KEYS: dict[str, tuple[str, Check]] = {
     "proto": ("proto", choice(*PROTOS)),
     "exposure": ("exposure", choice(*EXPOSURES)),
     "process": ("process", check_process),
-    "unit": ("unit", check_unit),
-    "container": ("container", check_name),
-    "netns": ("netns", check_name),
+    "unit": ("unit", non_empty_string),
+    "container": ("container", non_empty_string),
+    "netns": ("netns", non_empty_string),
 }

@@ -13,7 +13,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from portwatchd.config_schema import Check, InvalidValueError, choice, describe_value, string
+from portwatchd.config_schema import (
+    Check,
+    InvalidValueError,
+    choice,
+    describe_value,
+    non_empty_string,
+    string,
+)
 from portwatchd.model import EVENT_TYPES, EXPOSURES, PROTOS, Endpoint, EventType, Owner, Place
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -177,13 +184,6 @@ def _process(value: object) -> str:
     return text
 
 
-def check_unit(value: object) -> str:
-    text = string(value)
-    if not text:
-        raise InvalidValueError("must not be empty")
-    return text
-
-
 def _events(value: object) -> tuple[str, ...]:
     check = choice(*EVENT_TYPES)
     if isinstance(value, list):
@@ -199,7 +199,7 @@ IGNORE_KEYS: dict[str, tuple[str, Check]] = {
     "address": ("networks", check_networks),
     "proto": ("proto", choice(*PROTOS)),
     "process": ("process", _process),
-    "unit": ("unit", check_unit),
+    "unit": ("unit", non_empty_string),
     "event": ("events", _events),
     "exposure": ("exposure", choice(*EXPOSURES)),
 }
