@@ -25,7 +25,8 @@ import time
 from typing import TextIO
 
 from bench.daemon_process import RunningDaemon
-from bench.section import Check, SectionResult, format_ms, format_table
+from bench.load import NEW_SERVER
+from bench.section import Check, SectionResult, format_ms, format_table, percentile
 
 IDLE_LISTENERS = 100
 IDLE_INTERVAL_S = 1.0
@@ -33,15 +34,6 @@ IDLE_RSS_TARGET_KB = 20 * 1024
 IDLE_CPU_TARGET_PERCENT = 0.2
 LATENCY_INTERVAL_S = 0.2
 LATENCY_SLACK_MS = 50.0
-
-_NEW_SERVER = """
-import socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen()
-print(s.getsockname()[1], time.monotonic(), flush=True)
-sys.stdin.read()
-"""
 
 
 def measure_idle(seconds: float) -> dict[str, float]:
@@ -80,7 +72,7 @@ def measure_latency(trials: int) -> list[float]:
             # scan), would land at the same point of the cycle.
             time.sleep(random.uniform(0, LATENCY_INTERVAL_S))
             server = subprocess.Popen(
-                [sys.executable, "-c", _NEW_SERVER],
+                [sys.executable, "-c", NEW_SERVER],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -96,11 +88,6 @@ def measure_latency(trials: int) -> list[float]:
     finally:
         daemon.close()
     return latencies
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 class DaemonSection:

@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench.load import NEW_SERVER
 from bench.netns import enter_private_netns, started_netns
+from bench.section import percentile
 from portwatchd.followups import FollowUps
 from portwatchd.sources.destroy import DestroyWatch
 from portwatchd.sources.destroy_parse import parse_destroyed
@@ -53,11 +55,6 @@ while (now := time.monotonic()) - start < seconds:
     made += 1
 print(made, flush=True)
 """
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def summary(values: list[float]) -> str:
@@ -150,22 +147,12 @@ def exec_latency(trials: int) -> list[float]:
     return latencies
 
 
-_SERVER = """
-import socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen()
-print(s.getsockname()[1], time.monotonic(), flush=True)
-sys.stdin.read()
-"""
-
-
 def _exec_triggered_trial(watch: ExecWatch, scanner: NetlinkScanner, follow: FollowUps) -> float:
     """listen() in a new process to the first follow-up scan that lists it, in ms."""
     known = {e.key for e in scanner.scan()}
     first_seen: dict[str, float] = {}
     server = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", NEW_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert server.stdout is not None and server.stdin is not None
     key, listened_at = "", 0.0

@@ -36,8 +36,9 @@ from typing import Any, TextIO
 from bench.daemon_process import DaemonError, RunningDaemon
 from bench.latency_follow import Follower
 from bench.latency_ss import SS_INTERVAL_S, measure_ss
+from bench.load import NEW_SERVER
 from bench.netns import started_netns
-from bench.section import Check, SectionResult, format_ms, format_table
+from bench.section import Check, SectionResult, format_ms, format_table, percentile
 from portwatchd.runner import SAFETY_NET_POLL_S
 
 # The poll `interval = "auto"` comes to without the kernel's notices, and
@@ -47,15 +48,6 @@ DEFAULT_INTERVAL_S = 1.0
 IDLE_LISTENERS = 100
 SHORT_LIFETIME_S = 0.1
 SHORT_REPORT_WAIT_S = 0.5
-
-_NEW_SERVER = """
-import socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen()
-print(s.getsockname()[1], time.monotonic(), flush=True)
-sys.stdin.read()
-"""
 
 
 @dataclass
@@ -103,7 +95,7 @@ def new_process_trial(follow: Follower, result: MethodResult, timeout: float) ->
     random_phase()
     spawned_at = time.monotonic()
     server = subprocess.Popen(
-        [sys.executable, "-c", _NEW_SERVER],
+        [sys.executable, "-c", NEW_SERVER],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -184,10 +176,7 @@ def measure_daemon(
 
 
 def _p(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+    return percentile(values, fraction) if values else None
 
 
 def _median(values: list[float]) -> float | None:

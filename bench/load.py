@@ -31,6 +31,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+# A freshly started server: one process listening on a loopback port the
+# kernel picks; it prints that port and the monotonic time it listened, and
+# holds the socket until its stdin closes.
+NEW_SERVER = """
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], time.monotonic(), flush=True)
+sys.stdin.read()
+"""
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Connections are made in batches no larger than the accept backlog: a

@@ -63,6 +63,16 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value at `fraction` of the sorted values (nearest rank).
+
+    >>> percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5), percentile([1.0, 2.0], 0.99)
+    (3.0, 2.0)
+    """
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
 def format_ms(value: float | None) -> str:
     """Milliseconds with three significant digits, "-" when not measured.
 
