@@ -6,7 +6,7 @@ Pure data: nothing here touches the operating system, so the client
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -352,23 +352,12 @@ class EventDraft:
     reason: str | None = None
 
     def minted(self, seq: int, event_id: str) -> Event:
-        """The event this draft becomes once the log gives it its seq and id."""
-        return Event(
-            seq=seq,
-            id=event_id,
-            type=self.type,
-            time=self.time,
-            endpoint=self.endpoint,
-            owner=self.owner,
-            detected=self.detected,
-            down_since=self.down_since,
-            previous_owner=self.previous_owner,
-            down_seconds=self.down_seconds,
-            lifetime_max_seconds=self.lifetime_max_seconds,
-            place=self.place,
-            expected=self.expected,
-            reason=self.reason,
-        )
+        """The event this draft becomes once the log gives it its seq and id:
+        every field of the draft, carried over by name."""
+        return Event(seq, event_id, **{name: getattr(self, name) for name in _DRAFT_FIELDS})
+
+
+_DRAFT_FIELDS = tuple(item.name for item in fields(EventDraft))
 
 
 @dataclass(frozen=True, slots=True)
