@@ -21,16 +21,13 @@ from collections.abc import Callable
 from typing import Final
 
 from portwatchd.model import Endpoint, Proto
-from portwatchd.sources.base import ParseError
 from portwatchd.sources.netlink_parse import (
     AF_INET,
-    AF_INET6,
-    INET_DIAG_MSG,
     INET_DIAG_MSG_SIZE,
     INET_DIAG_SKV6ONLY,
     SOCK_DIAG_BY_FAMILY,
-    SOURCE,
     attribute_u8,
+    diag_msg_fields,
     interface_name,
     make_endpoint,
     messages,
@@ -99,19 +96,9 @@ def parse_destroyed(
     for offset, msg_type, body, end in messages(view, None):
         if msg_type != SOCK_DIAG_BY_FAMILY:
             continue  # a destroy group carries nothing else
-        if end - body < INET_DIAG_MSG_SIZE:
-            raise ParseError(
-                f"inet_diag_msg of {end - body} bytes, expected at least {INET_DIAG_MSG_SIZE}",
-                source=SOURCE,
-                offset=offset,
-            )
-        family, _state, sport, dport, src, dst, ifindex, low, high, _uid, _inode = (
-            INET_DIAG_MSG.unpack_from(view, body)
+        family, _state, sport, dport, src, dst, ifindex, low, high, _uid, _inode = diag_msg_fields(
+            view, offset, body, end
         )
-        if family not in (AF_INET, AF_INET6):
-            raise ParseError(
-                f"inet_diag_msg of unknown address family {family}", source=SOURCE, offset=offset
-            )
         attributes = body + INET_DIAG_MSG_SIZE
         proto = PROTO_BY_NUMBER.get(attribute_u8(view, attributes, end, INET_DIAG_PROTOCOL) or 0)
         if proto is None or sport == 0 or dport != 0 or dst != ZERO_ADDRESS:

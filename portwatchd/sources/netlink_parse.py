@@ -44,7 +44,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 from portwatchd.model import Endpoint, Family, Proto
 from portwatchd.sources.base import UNAVAILABLE_ERRNOS, ParseError, ScanError, SourceUnavailable
@@ -196,6 +196,25 @@ def messages(
         offset = (end + 3) & ~3  # NLMSG_ALIGN: messages start on 4-byte boundaries
 
 
+def diag_msg_fields(view: bytes | memoryview, offset: int, body: int, end: int) -> tuple[Any, ...]:
+    """The fields of the inet_diag_msg at `body` (in the message at `offset`,
+    which ends at `end`): family, state, sport, dport, src, dst, if, cookie
+    low and high, uid, inode. ParseError when it is too short or of an
+    address family sock_diag does not dump for us."""
+    if end - body < INET_DIAG_MSG_SIZE:
+        raise ParseError(
+            f"inet_diag_msg of {end - body} bytes, expected at least {INET_DIAG_MSG_SIZE}",
+            source=SOURCE,
+            offset=offset,
+        )
+    found = INET_DIAG_MSG.unpack_from(view, body)
+    if found[0] not in (AF_INET, AF_INET6):
+        raise ParseError(
+            f"inet_diag_msg of unknown address family {found[0]}", source=SOURCE, offset=offset
+        )
+    return found
+
+
 def _listening_endpoint(
     view: bytes | memoryview,
     offset: int,
@@ -207,24 +226,11 @@ def _listening_endpoint(
 ) -> Endpoint | None:
     """The endpoint of the inet_diag_msg at `offset`; None if it is not listening."""
     body = offset + NLMSGHDR_SIZE
-    if end - body < INET_DIAG_MSG_SIZE:
-        raise ParseError(
-            f"inet_diag_msg of {end - body} bytes, expected at least {INET_DIAG_MSG_SIZE}",
-            source=SOURCE,
-            offset=offset,
-        )
-    family, state, sport, dport, src, _dst, ifindex, low, high, uid, inode = (
-        INET_DIAG_MSG.unpack_from(view, body)
+    family, state, sport, dport, src, _dst, ifindex, low, high, uid, inode = diag_msg_fields(
+        view, offset, body, end
     )
     cookie = socket_cookie(low, high)
-    if family == AF_INET6:
-        v6only = _v6only(view, body + INET_DIAG_MSG_SIZE, end)
-    elif family == AF_INET:
-        v6only = None
-    else:
-        raise ParseError(
-            f"inet_diag_msg of unknown address family {family}", source=SOURCE, offset=offset
-        )
+    v6only = _v6only(view, body + INET_DIAG_MSG_SIZE, end) if family == AF_INET6 else None
     is_tcp = proto == "tcp"
     # A UDP socket with a peer (dport) is connected: not listening.
     if state != (TCP_LISTEN if is_tcp else TCP_CLOSE) or not (is_tcp or dport == 0):
