@@ -21,7 +21,7 @@ import re
 import textwrap
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 
@@ -32,6 +32,7 @@ from tests.system.test_service import (
     UNIT,
     config_file,
     journal,
+    listening,
     systemctl,
     wait_for,
     wait_for_entry,
@@ -102,24 +103,9 @@ def ip_netns(box: Sandbox) -> Iterator[tuple[str, str]]:
         box.run("ip", "netns", "del", name, check=False)
 
 
-@contextmanager
-def listening_in_netns(box: Sandbox, name: str, *specs: str) -> Iterator[str]:
+def listening_in_netns(box: Sandbox, name: str, *specs: str) -> AbstractContextManager[str]:
     """Hold sockets inside the `ip netns` namespace `name`; yield the service."""
-    unit = f"pw-netns-listener-{uuid.uuid4().hex[:8]}.service"
-    box.run(
-        "systemd-run",
-        f"--unit={unit}",
-        "--quiet",
-        "ip",
-        "netns",
-        "exec",
-        name,
-        *listener_command(*specs),
-    )
-    try:
-        yield unit
-    finally:
-        box.run("systemctl", "stop", unit, check=False)
+    return listening(box, *specs, inside=("ip", "netns", "exec", name))
 
 
 def entry_for_port(box: Sandbox, event: str, suffix: str) -> dict[str, str] | None:
@@ -280,18 +266,9 @@ def test_an_unexpected_listener_is_a_warning_with_its_own_message_id(
     box = shared_box
     with config_file(box, EXPECT_ONE_PORT):
         box.run("systemctl", "reload", UNIT)
-        unit = f"pw-expect-{uuid.uuid4().hex[:8]}.service"
-        box.run(
-            "systemd-run",
-            f"--unit={unit}",
-            "--quiet",
-            *listener_command("tcp:0.0.0.0:18603", "tcp:0.0.0.0:18604"),
-        )
-        try:
+        with listening(box, "tcp:0.0.0.0:18603", "tcp:0.0.0.0:18604"):
             accepted = wait_for_entry(box, "PORT_EVENT=opened", "PORT=tcp:0.0.0.0:18603")
             unexpected = wait_for_entry(box, "PORT_EVENT=opened", "PORT=tcp:0.0.0.0:18604")
-        finally:
-            box.run("systemctl", "stop", unit, check=False)
 
     assert {key: accepted.get(key) for key in ("MESSAGE_ID", "PORT_EXPECTED")} == {
         "MESSAGE_ID": MESSAGE_ID_OPENED,

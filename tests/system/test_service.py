@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -111,8 +111,15 @@ def wait_active_with_new_pid(box: Sandbox, old_pid: int, timeout: float = 30.0) 
 
 
 @contextmanager
-def listening(box: Sandbox, *specs: str, nofile: int = 1024, user: str = "root") -> Iterator[str]:
-    """Hold "proto:address:port" sockets in a transient service; yield its unit name."""
+def listening(
+    box: Sandbox,
+    *specs: str,
+    nofile: int = 1024,
+    user: str = "root",
+    inside: Sequence[str] = (),
+) -> Iterator[str]:
+    """Hold "proto:address:port" sockets in a transient service; yield its unit name.
+    `inside` runs the listener under a command first ("ip netns exec NAME")."""
     unit = f"pw-listener-{uuid.uuid4().hex[:8]}.service"
     box.run(
         "systemd-run",
@@ -120,6 +127,7 @@ def listening(box: Sandbox, *specs: str, nofile: int = 1024, user: str = "root")
         f"--property=LimitNOFILE={nofile}",
         f"--property=User={user}",
         "--quiet",
+        *inside,
         "/usr/bin/python3",
         "-c",
         LISTENER,
