@@ -261,7 +261,7 @@ class Engine:
         owners.update(result.owners)
         now = self._monotonic()
         self._restarts.expire(now)
-        gone = getattr(self.scanner, "gone_namespaces", ())
+        gone = self.scanner.gone_namespaces
         judge = self.judge
         if gone:
             judge = replace(judge, reasons=dict.fromkeys(gone, "its network namespace is gone"))

@@ -79,6 +79,12 @@ class Scanner(Protocol):
     # very same socket again (see ProcScanner).
     rereads_independent: bool
 
+    @property
+    def gone_namespaces(self) -> frozenset[int]:
+        """Network namespaces released lately: their listeners closed because
+        the namespace is gone. Empty for a source of one namespace."""
+        ...
+
     def scan(self) -> list[Endpoint]:
         """Every listening TCP socket and bound, unconnected UDP socket; raises ScanError."""
         ...

@@ -108,6 +108,8 @@ class NetlinkScanner:
     # A dump that misses a stable socket (a concurrent removal in its hash
     # bucket between two chunks) was not seen to miss it twice running.
     rereads_independent = True
+    # One namespace: none of it is ever gone while it is scanned.
+    gone_namespaces: frozenset[int] = frozenset()
 
     def __init__(
         self,

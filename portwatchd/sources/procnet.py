@@ -132,6 +132,8 @@ class ProcScanner:
     # udp_get_idx): a churn socket removed before the cut shifts a stable
     # one past it, and a re-read right away often cuts at the same socket.
     rereads_independent = False
+    # One namespace: none of it is ever gone while it is scanned.
+    gone_namespaces: frozenset[int] = frozenset()
 
     # /proc/self/net, not /proc/net: the same table (our network namespace),
     # and still visible where systemd's ProcSubset=pid hides /proc/net.
