@@ -83,7 +83,6 @@ class RealTime:
         else:
             self._exec_state = ACTIVE
             self.reactor.add_reader(self._exec, self._on_exec)
-        self.sync_namespaces()
         self._say(PRIORITY_INFO, "real-time notices: " + self.summary())
 
     def summary(self) -> str:
