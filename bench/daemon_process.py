@@ -40,6 +40,7 @@ READY_TIMEOUT_S = 60.0
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _TIMESPEC = struct.Struct("@qq")
+_CPUCLOCK_SCHED = 2  # <linux/posix-timers.h>
 
 
 class DaemonError(LoadError):
@@ -181,10 +182,15 @@ class RunningDaemon:
         raise RuntimeError(f"no {field} in /proc/{self.proc.pid}/status")
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the comm.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """The daemon's CPU time, every thread's (those gone too), to the nanosecond.
+
+        /proc/PID/stat counts in clock ticks (10 ms): 120 s of a daemon idle
+        at 0.05 % is 6 of them, too coarse to judge. The process's CPU-time
+        clock is exact; Python has no clock_getcpuclockid(3), so the id is
+        made as glibc makes it, the kernel's MAKE_PROCESS_CPUCLOCK(pid,
+        CPUCLOCK_SCHED).
+        """
+        return time.clock_gettime(((~self.proc.pid) << 3) | _CPUCLOCK_SCHED)
 
     def stderr_fd(self) -> int:
         """The stderr pipe's descriptor, for a reader of its own (stderr_pipe=True)."""

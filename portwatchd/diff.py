@@ -94,3 +94,36 @@ def diff_snapshots(previous: Snapshot, current: Snapshot) -> list[Change]:
         elif after:
             changes.append(Change("opened", after[0]))
     return changes
+
+
+def without(snapshot: Snapshot, closed: Iterable[Endpoint]) -> tuple[Snapshot, list[Change]]:
+    """`snapshot` less the `closed` sockets, and the changes that makes.
+
+    The same as `snapshot_of` and `diff_snapshots` over every socket left,
+    at the cost of the keys the closed sockets held only: a close the
+    kernel announced costs as much on a host of 50,000 listeners as on one
+    of ten.
+
+    >>> a = Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=1)
+    >>> b = Endpoint("tcp", "ipv4", "0.0.0.0", 80, inode=2)
+    >>> c = Endpoint("tcp", "ipv4", "0.0.0.0", 22, inode=3)
+    >>> before = snapshot_of([a, b, c])
+    >>> after, changes = without(before, [b, c])
+    >>> after == snapshot_of([a]), [(x.type, x.key) for x in changes]
+    (True, [('closed', 'tcp:0.0.0.0:22')])
+    """
+    inodes: set[int] = set()
+    keys: set[str] = set()
+    for endpoint in closed:
+        inodes.add(endpoint.inode)
+        keys.add(endpoint.key)
+    after = dict(snapshot)
+    for key in keys:
+        left = tuple(s for s in snapshot.get(key, ()) if s.inode not in inodes)
+        if left:
+            after[key] = left
+        else:
+            after.pop(key, None)
+    touched_before = {key: snapshot[key] for key in keys if key in snapshot}
+    touched_after = {key: after[key] for key in keys if key in after}
+    return after, diff_snapshots(touched_before, touched_after)

@@ -32,7 +32,7 @@ from portwatchd.model import (
     utc_now,
 )
 from portwatchd.ownerbook import OwnerBook
-from portwatchd.passes import Chunk, Confirmation, EngineStats, Pass, chunks_of
+from portwatchd.passes import Chunk, Confirmation, EngineStats, Pass, chunks_of, destroy_pass
 from portwatchd.sources.base import ScanError, Scanner
 from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange
 
@@ -132,7 +132,7 @@ class Engine:
         confirmed = self._confirm_departures(endpoints)
         if confirmed is None:
             return True
-        self._begin_pass(confirmed, started, detected)
+        self._begin_pass(self._scan_pass(confirmed, started, detected))
         return True
 
     def destroyed(self, sockets: Sequence[Endpoint]) -> bool:
@@ -156,8 +156,16 @@ class Engine:
             return look
         started = self._monotonic()
         since_look = started - self._last_look if self._last_look is not None else 0.0
-        endpoints = [endpoint for endpoint in self._sockets.values() if endpoint.inode not in gone]
-        self._begin_pass(endpoints, started, "destroy", transients=unseen, since_look_s=since_look)
+        self._begin_pass(
+            destroy_pass(
+                self._snapshot,
+                self._sockets,
+                gone,
+                started=started,
+                transients=unseen,
+                since_look_s=since_look,
+            )
+        )
         return look
 
     def _confirm_departures(self, endpoints: list[Endpoint]) -> list[Endpoint] | None:
@@ -196,15 +204,7 @@ class Engine:
 
     # -- a pass ----------------------------------------------------------------
 
-    def _begin_pass(
-        self,
-        endpoints: list[Endpoint],
-        started: float,
-        detected: Detection,
-        *,
-        transients: list[Endpoint] | None = None,
-        since_look_s: float = 0.0,
-    ) -> None:
+    def _scan_pass(self, endpoints: list[Endpoint], started: float, detected: Detection) -> Pass:
         if endpoints == self._last_endpoints:  # only the owners are checked
             snapshot, sockets = self._snapshot, self._sockets
         else:
@@ -213,7 +213,7 @@ class Engine:
                 endpoint.inode: endpoint for group in snapshot.values() for endpoint in group
             }
         baseline = self._first and self._log.is_new
-        pass_ = Pass(
+        return Pass(
             endpoints=endpoints,
             snapshot=snapshot,
             sockets=sockets,
@@ -223,9 +223,10 @@ class Engine:
             baseline=baseline,
             new=sockets.keys() - self._sockets.keys(),
             gone=self._sockets.keys() - sockets.keys(),
-            transients=transients or [],
-            since_look_s=since_look_s,
         )
+
+    def _begin_pass(self, pass_: Pass) -> None:
+        started, sockets = pass_.started, pass_.sockets
         self._waiting = pass_
         self._waiting_since = started
         if not self.owners_enabled:
@@ -233,9 +234,11 @@ class Engine:
             return
         retry: set[int] = set()
         recheck = None
-        if self._owners_due(started):
+        # Not with destroy messages: a close is reported without a round
+        # trip through the worker; the next look does the check.
+        if pass_.detected != "destroy" and self._owners_due(started):
             self._next_recheck_at = started + self._owner_recheck_s
-            retry = self._unknown_owners() & sockets.keys()
+            retry = self._owners.unknown_due(sockets.keys(), started)
             recheck = self._owners.of(sockets.keys())
         if not pass_.new and not retry and not recheck:
             # Nothing to look up (a close): no round trip through the worker.
@@ -288,9 +291,11 @@ class Engine:
             for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))
         ]
         self._snapshot = pass_.snapshot
-        if self._sockets is not pass_.sockets:
+        if pass_.detected == "destroy":  # only closes: no cookie to add
+            self._cookies.closed(removed, now)
+        elif self._sockets is not pass_.sockets:
             self._cookies.update(pass_.sockets, removed, now)
-            self._sockets = pass_.sockets
+        self._sockets = pass_.sockets
         self._last_endpoints = pass_.endpoints
         self._append_chunks(chunks_of(drafts, added, removed), pass_, reported=len(drafts))
 
@@ -331,11 +336,6 @@ class Engine:
             held, self._held_destroys = self._held_destroys, []
             if self.destroyed(held) and self.look_wanted is not None:
                 self.look_wanted()
-
-    def _unknown_owners(self) -> set[int]:
-        if not self.owners_enabled:
-            return set()
-        return self._owners.unknown(self._sockets)
 
     def _scanned(self, started: float) -> None:
         self.stats.last_scan_time = rfc3339(self._now())

@@ -18,6 +18,14 @@ transaction as the events that need them). A run that ends without
 records the unused or unstored range as a Loss, so no seq is handed out
 twice.
 
+What waits for the disk: an append's commit survives a kill -9 when it
+returns, but does not wait for the disk (an fsync, 0.2 to several ms)
+before its subscribers hear of it, unless it raises the reservation: a
+seq never reaches anyone before its reservation would survive a power
+loss. `heartbeat` waits for the disk, and so makes every append before it
+survive a power loss; the loop writes one right after it delivered each
+append.
+
 Only the loop thread calls it.
 """
 
@@ -242,7 +250,7 @@ class EventLog(_ReadSide):
             events.append(draft.minted(self.last_seq, self._make_id()))
         self._unstored.change_sockets(added, removed)
         self._unstored.events.extend(events)
-        self._flush(retry=False)
+        self._flush(retry=False, durable=False)
         dropped = self._unstored.drop_beyond_bound(
             f"the event store failed ({self.store_error}) while more than"
             f" {self._unstored.bound} events waited to be stored; the oldest were dropped",
@@ -268,10 +276,12 @@ class EventLog(_ReadSide):
         """Every event up to `seq` is in the journal."""
         if seq > self.journaled_seq:
             self.journaled_seq = min(seq, self.last_seq)
-            self._flush(retry=False)
+            # Lost to a power loss, the mark only makes events journaled twice.
+            self._flush(retry=False, durable=False)
 
     def heartbeat(self, time: str) -> None:
-        """Record that portwatchd is alive; retries a failed store."""
+        """Record that portwatchd is alive, waiting for the disk (so every write
+        before survives a power loss too); retries a failed store."""
         self.last_alive = time
         self._flush()
 
@@ -306,9 +316,10 @@ class EventLog(_ReadSide):
         self._flush(shrink=True)
         self._store.close()
 
-    def _flush(self, *, shrink: bool = False, retry: bool = True) -> None:
+    def _flush(self, *, shrink: bool = False, retry: bool = True, durable: bool = True) -> None:
         """Write what waits, in one transaction. A failing store is tried again only
-        when `retry`: an outage then costs each append its own batch, not the backlog."""
+        when `retry`: an outage then costs each append its own batch, not the backlog.
+        A write that changes the reservation waits for the disk, `durable` or not."""
         if self.store_error is not None and not retry:
             return
         if not self._loaded:
@@ -328,7 +339,8 @@ class EventLog(_ReadSide):
         if meta == self._written and not self._unstored:
             return  # nothing new: no commit, no fsync
         try:
-            self._store.write(self._unstored.batch(*meta))
+            durable = durable or reserve != self._reserved
+            self._store.write(self._unstored.batch(*meta), durable=durable)
         except StoreError as error:
             self.store_error = str(error)
             return

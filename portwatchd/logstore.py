@@ -153,7 +153,10 @@ class EventStore(Protocol):
 
     def load(self) -> StoredState: ...
 
-    def write(self, batch: Batch) -> None: ...
+    def write(self, batch: Batch, *, durable: bool = True) -> None:
+        """One transaction; survives a kill -9 at once, a power loss only when
+        `durable` (which waits for the disk, for it and every write before)."""
+        ...
 
     def page(self, wanted: EventFilter, after_seq: int, limit: int) -> list[Event]:
         """The first `limit` matches with seq > after_seq, oldest first."""

@@ -17,12 +17,22 @@ from portwatchd.model import UNKNOWN_OWNER, Endpoint, Owner
 # (socket, old owner, new owner) of a socket that stayed while its owner changed.
 Handover = tuple[Endpoint, Owner, Owner]
 
+# A socket nobody could be seen holding is looked for again at the next
+# owner check (OWNER_RECHECK_S), then after 4 s, 8 s, ... up to 5 minutes. The kernel's own sockets
+# (nfsd, lockd) and those of processes in a PID namespace we cannot see
+# never get an owner, and each retry reads the fd tables of every process
+# started since the last one.
+UNKNOWN_RETRY_WAIT_S = 4.0  # after the first retry; doubled after each
+UNKNOWN_RETRY_MAX_S = 300.0
+
 
 class OwnerBook:
     def __init__(self) -> None:
         self._owners: dict[int, Owner] = {}
         # Sockets whose owner went stale before the new holder was seen.
         self._stale: dict[int, Owner] = {}
+        # Sockets without an owner: (when to look again, the wait after that).
+        self._retry: dict[int, tuple[float, float]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._owners)
@@ -45,9 +55,25 @@ class OwnerBook:
         for inode in inodes:
             self._owners.pop(inode, None)
             self._stale.pop(inode, None)
+            self._retry.pop(inode, None)
 
-    def unknown(self, inodes: Iterable[int]) -> set[int]:
-        return {inode for inode in inodes if inode not in self._owners}
+    def unknown_due(self, inodes: Iterable[int], now: float) -> set[int]:
+        """Those of `inodes` without an owner whose retry is due at `now`;
+        their next retry is set (see UNKNOWN_RETRY_WAIT_S).
+
+        >>> book = OwnerBook()
+        >>> [sorted(book.unknown_due([7], now)) for now in (0.0, 3.0, 4.0, 11.0, 12.0)]
+        [[7], [], [7], [], [7]]
+        """
+        due = set()
+        for inode in inodes:
+            if inode in self._owners:
+                continue
+            at, wait = self._retry.get(inode, (now, UNKNOWN_RETRY_WAIT_S))
+            if now >= at:
+                due.add(inode)
+                self._retry[inode] = (now + wait, min(2 * wait, UNKNOWN_RETRY_MAX_S))
+        return due
 
     def of(self, inodes: Collection[int]) -> dict[int, Owner]:
         """The known owners of these sockets, for a recheck."""
@@ -65,6 +91,7 @@ class OwnerBook:
             if owner.known:
                 refreshed.add(inode)
                 self._owners[inode] = owner
+                self._retry.pop(inode, None)
                 before = self._stale.pop(inode, None)
                 if before is not None and inode in sockets:
                     handed.append((sockets[inode], before, owner))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from portwatchd.diff import Change, Snapshot
+from portwatchd.diff import Change, Snapshot, without
 from portwatchd.model import Detection, Endpoint, EventDraft, Owner
 from portwatchd.sources.base import Scanner
 
@@ -16,7 +16,7 @@ from portwatchd.sources.base import Scanner
 class Pass:
     """One scan's results, waiting for the owners of its new sockets."""
 
-    endpoints: list[Endpoint]
+    endpoints: list[Endpoint] | None  # what the scan listed; None: no scan (destroy messages)
     snapshot: Snapshot
     sockets: dict[int, Endpoint]  # inode -> socket, for the whole scan
     changes: list[Change]
@@ -29,6 +29,35 @@ class Pass:
     # before they came the last look was: `transient` events.
     transients: list[Endpoint] = field(default_factory=list)
     since_look_s: float = 0.0
+
+
+def destroy_pass(
+    snapshot: Snapshot,
+    sockets: Mapping[int, Endpoint],
+    gone: set[int],
+    *,
+    started: float,
+    transients: list[Endpoint],
+    since_look_s: float,
+) -> Pass:
+    """The pass of destroy messages: the watched `sockets` less those `gone`
+    (at the cost of their keys, see diff.without), and the `transients`."""
+    after, changes = without(snapshot, [sockets[inode] for inode in gone])
+    left = dict(sockets)
+    for inode in gone:
+        del left[inode]
+    return Pass(
+        endpoints=None,
+        snapshot=after,
+        sockets=left,
+        changes=changes,
+        detected="destroy",
+        started=started,
+        baseline=False,
+        gone=set(gone),
+        transients=transients,
+        since_look_s=since_look_s,
+    )
 
 
 # Events (with their sockets) appended per turn of the loop.

@@ -89,6 +89,7 @@ class Runner:
         self._rescan = False
         # A look a kernel notice asked for (an exec's follow-up, an overrun).
         self._look: Detection | None = None
+        self._delivery_due = False  # events appended since the last reactor pass
         self._reload_waiters: list[Callable[[dict[str, Any]], None]] = []
         self._next_scan = 0.0
         # A quarter of WATCHDOG_USEC rather than sd_watchdog_enabled(3)'s
@@ -167,13 +168,25 @@ class Runner:
             due = self._rescan or self._look is not None or self._monotonic() >= self._next_scan
             if due and self._scan():
                 self._rescan = False
+            self._deliver()
             self._housekeeping()
         self._shutdown()
         return EXIT_OK
 
     def _turn(self, timeout: float) -> None:
         self.reactor.run_once(max(0.0, timeout))
+        self._deliver()
         self._ping_if_due()
+
+    def _deliver(self) -> None:
+        """What was just appended goes to follow clients first: one more
+        reactor pass, in which their connections write. Then to the journal
+        writer, whose thread would otherwise take the GIL from that pass,
+        and only then the turn's bookkeeping (the heartbeat waits for the disk)."""
+        if self._delivery_due:
+            self._delivery_due = False
+            self.reactor.run_once(0.0)
+            self.writer.feed()
 
     def _until_due(self) -> float:
         # While a pass waits for its owners no scan is due: its continuation
@@ -302,10 +315,11 @@ class Runner:
         for item in items:
             if isinstance(item, Loss):
                 self.writer.loss(item)
-        self.writer.feed()
+        self._delivery_due = True
         if events:
-            # The next turn records that we were alive now: after a crash,
-            # "down since" is then no earlier than the last event.
+            # The heartbeat right after delivery makes them survive a power
+            # loss (EventLog: appends do not wait for the disk), and after a
+            # crash "down since" is no earlier than the last event.
             self._next_heartbeat = self._monotonic()
             self.event_rate.count(len(events))
 
@@ -327,6 +341,7 @@ class Runner:
         """The written order: tell systemd, stop accepting clients, flush the
         journal as far as it takes it, close the store, release the rest."""
         self.notifier.stopping("stopping")
+        self._deliver()
         self.reloader.control.close()
         self.writer.say(PRIORITY_INFO, "stopped")
         self.writer.close(JOURNAL_FLUSH_AT_STOP_S)

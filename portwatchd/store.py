@@ -6,8 +6,13 @@ The adapter behind `portwatchd.log.EventLog`: every `sqlite3.Error` and
 the first call that can (load, write, ...), so a full or read-only file
 system heals without a restart.
 
-Durability: WAL with synchronous=FULL, one transaction per write, so a
-kill -9 or a power loss loses nothing that was committed. A file that is
+Durability: WAL, one transaction per write. Every commit survives a
+kill -9 at once (SQLite's WAL is in the kernel's page cache when COMMIT
+returns). A write with `durable=True` (synchronous=FULL) also waits for
+the disk, and makes every commit before it survive a power loss; one
+without (synchronous=NORMAL) does not wait, so that an event reaches its
+clients without an fsync in the way. The log decides which writes wait.
+A file that is
 not a database, is damaged, or holds another schema is renamed
 events.db.corrupt-<UTC time> (never deleted) and a new one is started; a
 0.1 state.json is imported once and renamed state.json.migrated.
@@ -85,6 +90,7 @@ class Store:
         self.path = os.path.join(state_dir, DB_FILE)
         self._now = now
         self._connection: sqlite3.Connection | None = None
+        self._durable = True  # the connection's synchronous: FULL (storefile.connect's)
         self._warnings: list[str] = []
         self._fresh = False
         self._count = 0
@@ -130,6 +136,7 @@ class Store:
             connection.close()
             raise
         self._connection = connection
+        self._durable = True
         return connection
 
     def _read_tail(self, connection: sqlite3.Connection) -> None:
@@ -200,10 +207,11 @@ class Store:
                 sockets=sockets,
             )
 
-    def write(self, batch: Batch) -> None:
-        """Store everything in `batch` in one transaction."""
+    def write(self, batch: Batch, *, durable: bool = True) -> None:
+        """Store everything in `batch` in one transaction; `durable`: wait for the disk."""
         connection = self._live()
         with self._translated("write"):
+            self._wait_for_disk(connection, durable)
             self._write(connection, batch)
 
     def _write(
@@ -245,6 +253,8 @@ class Store:
     def prune(self, keep: int, before: str | None, max_rows: int, upto_seq: int) -> PruneResult:
         connection = self._live()
         with self._translated("prune"):
+            # A deletion lost to a power loss is done again: nothing to wait for.
+            self._wait_for_disk(connection, False)
             connection.execute("BEGIN IMMEDIATE")
             try:
                 deleted = storefile.prune_rows(
@@ -261,6 +271,11 @@ class Store:
                 raise
         self._count -= deleted
         return PruneResult(deleted, self._count, oldest, more=deleted >= max_rows > 0)
+
+    def _wait_for_disk(self, connection: sqlite3.Connection, durable: bool) -> None:
+        if durable != self._durable:
+            connection.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
     def close(self) -> None:
         connection, self._connection = self._connection, None

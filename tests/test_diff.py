@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portwatchd.diff import Change, diff_snapshots, snapshot_of
+from portwatchd.diff import Change, diff_snapshots, snapshot_of, without
 from portwatchd.model import Endpoint, Family
 
 
@@ -137,3 +137,17 @@ def test_diff_replayed_on_the_open_keys_gives_the_current_keys(
             assert change.key in open_keys, "closed while not open"
             open_keys.remove(change.key)
     assert open_keys == set(current)
+
+
+@given(st.lists(endpoints, max_size=8), st.sets(st.integers(1, 6)))
+def test_without_is_a_full_diff_at_the_cost_of_the_closed_keys(
+    listed: list[Endpoint], closing: set[int]
+) -> None:
+    # One socket per inode, as the kernel has it.
+    sockets = list({endpoint.inode: endpoint for endpoint in listed}.values())
+    closed = [endpoint for endpoint in sockets if endpoint.inode in closing]
+    left = [endpoint for endpoint in sockets if endpoint.inode not in closing]
+    before = snapshot_of(sockets)
+    after, changes = without(before, closed)
+    assert after == snapshot_of(left)
+    assert changes == diff_snapshots(before, snapshot_of(left))

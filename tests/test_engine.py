@@ -256,3 +256,51 @@ def test_ignored_sockets_make_no_events_but_are_still_watched(netns: None, tmp_p
     assert events_of(log) == []
     assert [endpoint.key for endpoint, _ in engine.ports()] == [key_of(sock)]
     sock.close()
+
+
+class HiddenOwnerLookup(DeferredLookup):
+    """Runs each job at once, as the worker would, but cannot see who holds
+    `hidden`: a socket the kernel holds, or a process in a PID namespace
+    portwatchd cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: set[int] = set()
+        self.asked: list[set[int]] = []
+
+    def submit(self, job: LookupJob, done: Done) -> None:
+        self.asked.append(set(job.wanted | job.retry) & self.hidden)
+        result = run_job(self.resolver, job, wait_max_s=0.0)
+        for inode in self.hidden:
+            result.owners.pop(inode, None)
+        done(result)
+
+
+def test_a_socket_nobody_is_seen_holding_is_looked_for_less_and_less_often(
+    netns: None, tmp_path: Path
+) -> None:
+    lookup = HiddenOwnerLookup()
+    clock = [0.0]
+    engine = Engine(
+        scanner=NetlinkScanner(),
+        log=open_log(tmp_path),
+        lookup=lookup,
+        judge=Judge(ignored=lambda *_: False),
+        say=lambda priority, message: None,
+        monotonic=lambda: clock[0],
+    )
+    engine.step()
+    sock = listen()
+    [endpoint] = [e for e in engine.scanner.scan() if e.key == key_of(sock)]
+    lookup.hidden.add(endpoint.inode)
+    looked_at = []
+    for second in range(0, 40):
+        clock[0] = float(second)
+        lookup.asked.clear()
+        engine.step()
+        if any(lookup.asked):
+            looked_at.append(second)
+    # First sight, then after 2, 4, 8 and 16 more seconds.
+    assert looked_at == [0, 2, 6, 14, 30]
+    assert dict(engine.ports())[endpoint].pid is None
+    sock.close()

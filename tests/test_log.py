@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portwatchd.log import SEQ_BLOCK, EventLog
+from portwatchd.logstore import Batch
 from portwatchd.model import Endpoint, Event, EventDraft, Loss, Owner, rfc3339
 from portwatchd.protocol import EventQuery
 from portwatchd.store import Store
@@ -108,6 +109,40 @@ def test_a_restart_without_close_starts_above_the_reservation_and_says_so(tmp_pa
     again.close()
     third = open_log(tmp_path)
     assert third.losses(0, 10**9) == [loss] and third.warnings == []
+
+
+class DiskWaits(Store):
+    """The real store, noting which writes waited for the disk (durable)."""
+
+    def __init__(self, state_dir: str) -> None:
+        super().__init__(state_dir)
+        self.writes: list[tuple[int, bool]] = []  # (events in it, durable)
+
+    def write(self, batch: Batch, *, durable: bool = True) -> None:
+        self.writes.append((len(batch.events), durable))
+        super().write(batch, durable=durable)
+
+
+def test_only_reservations_and_heartbeats_wait_for_the_disk(tmp_path: Path) -> None:
+    store = DiskWaits(str(tmp_path))
+    log = EventLog(store, history_size=1_000_000, history_max_age_s=None)
+    log.append([draft(1)])
+    log.append([draft(2)])
+    log.mark_journaled(2)
+    log.heartbeat(rfc3339(START))
+    log.append([draft(minutes) for minutes in range(3, SEQ_BLOCK // 2 + 3)])  # a new block
+    assert store.writes == [
+        (0, True),  # at open: the first block of seqs is reserved
+        (1, False),
+        (1, False),
+        (0, False),  # mark_journaled
+        (0, True),  # the heartbeat
+        (SEQ_BLOCK // 2, True),  # the next block
+    ]
+    del log  # kill -9: what did not wait for the disk is still there
+    again = open_log(tmp_path)
+    assert again.journaled_seq == 2
+    assert seqs(again.page(ANY, 0, 10**6)) == list(range(1, SEQ_BLOCK // 2 + 3))
 
 
 def test_seqs_stay_reserved_ahead_so_an_outage_after_open_reuses_none(tmp_path: Path) -> None:
