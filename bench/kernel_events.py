@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.load import NEW_SERVER
+from bench.load import CONNECTION_CHURN, NEW_SERVER
 from bench.netns import enter_private_netns, started_netns
 from bench.section import percentile
 from portwatchd.followups import FollowUps
@@ -33,28 +33,6 @@ from portwatchd.sources.destroy import DestroyWatch
 from portwatchd.sources.destroy_parse import parse_destroyed
 from portwatchd.sources.execwatch import ExecWatch, TriggerUnavailable
 from portwatchd.sources.netlink import NetlinkScanner
-
-_CHURN = """
-import socket, sys, time
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-server = socket.socket()
-server.bind(("127.0.0.1", 0))
-server.listen(1024)
-address = server.getsockname()
-print("ready", flush=True)
-start = time.monotonic()
-made = 0
-while (now := time.monotonic()) - start < seconds:
-    if made > (now - start) * rate:
-        time.sleep(0.001)
-        continue
-    client = socket.create_connection(address)
-    accepted, _ = server.accept()
-    client.close()
-    accepted.close()
-    made += 1
-print(made, flush=True)
-"""
 
 
 def summary(values: list[float]) -> str:
@@ -112,7 +90,9 @@ def churn_cost(rate: float, seconds: float, filtered: bool) -> tuple[float, int,
         fd, drain = _unfiltered()
         closer = fd.close
     churn = subprocess.Popen(
-        [sys.executable, "-c", _CHURN, str(rate), str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CONNECTION_CHURN, str(rate), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert churn.stdout is not None
     churn.stdout.readline()

@@ -14,7 +14,9 @@ of the event on a `follow` stream of the control socket (what
                is shown beside it);
 - 100 ms:      a listener of ours lives 100 ms: reported as "transient",
                as "opened" + "closed", or missed;
-- idle CPU:    the daemon with 100 listeners, nothing changing.
+- idle CPU:    the daemon with 100 listeners, nothing changing;
+- under load:  its CPU during an exec storm (200 execs/s) and connection
+               churn (5,000 connections/s), see bench/latency_load.py.
 
 The section runs in the initial network namespace (the proc connector
 works only there; the bench otherwise runs in a private one), on loopback
@@ -35,6 +37,7 @@ from typing import Any, TextIO
 
 from bench.daemon_process import DaemonError, RunningDaemon
 from bench.latency_follow import Follower
+from bench.latency_load import LoadCost, connection_churn, exec_storm
 from bench.latency_ss import SS_INTERVAL_S, measure_ss
 from bench.load import NEW_SERVER
 from bench.netns import started_netns
@@ -60,6 +63,8 @@ class MethodResult:
     short_trials: int = 0
     cpu_percent: float | None = None
     missed: int = 0  # close and new-process trials whose event never came
+    storm: LoadCost | None = None
+    churn: LoadCost | None = None
 
 
 def _listener() -> tuple[socket.socket, str]:
@@ -147,7 +152,7 @@ def start_daemon(realtime: bool) -> tuple[RunningDaemon, bool]:
 
 
 def measure_daemon(
-    name: str, realtime: bool, trials: int, idle_seconds: float
+    name: str, realtime: bool, trials: int, idle_seconds: float, load_seconds: float
 ) -> tuple[MethodResult, bool]:
     result = MethodResult(name)
     listeners = [_listener()[0] for _ in range(IDLE_LISTENERS)]
@@ -163,6 +168,10 @@ def measure_daemon(
             result.cpu_percent = (
                 100 * (daemon.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
             )
+            result.storm = exec_storm(daemon, load_seconds)
+            result.churn = connection_churn(daemon, load_seconds)
+            time.sleep(1.0)  # the storm's last follow-ups
+            follow.forget()
             for _ in range(trials):
                 for trial in (close_trial, new_process_trial, short_listener_trial):
                     trial(follow, result, timeout)
@@ -202,6 +211,22 @@ def report_rows(results: list[MethodResult]) -> list[list[str]]:
     return rows
 
 
+def _load_cells(cost: LoadCost | None) -> list[str]:
+    if cost is None:
+        return ["-", "-"]
+    return [f"{cost.rate:,.0f}/s", f"{cost.cpu_percent:.2f} %"]
+
+
+def load_rows(results: list[MethodResult]) -> list[list[str]]:
+    return [
+        [r.name, *_load_cells(r.storm), *_load_cells(r.churn)]
+        for r in results
+        if r.storm is not None or r.churn is not None
+    ]
+
+
+LOAD_HEADERS = ["method", "execs", "CPU", "connections", "CPU"]
+
 HEADERS = [
     "method",
     "close p50",
@@ -237,7 +262,15 @@ def target_checks(r: MethodResult) -> list[Check]:
             f"{r.cpu_percent:.3f} %" if r.cpu_percent is not None else "-",
         ),
         Check("no close or new-process event missed", r.missed == 0, f"{r.missed} missed"),
+        _load_check("exec storm: CPU <= 3% of a core", r.storm, 3.0),
+        _load_check("connection churn: CPU <= 0.5% of a core", r.churn, 0.5),
     ]
+
+
+def _load_check(name: str, cost: LoadCost | None, limit: float) -> Check:
+    if cost is None:
+        return Check(name, False, "not measured")
+    return Check(name, cost.cpu_percent <= limit, f"{cost.cpu_percent:.2f} % at {cost.rate:,.0f}/s")
 
 
 class LatencySection:
@@ -263,6 +296,12 @@ class LatencySection:
             help="idle CPU window per daemon (default 10; 120 with --latency-full)",
         )
         group.add_argument(
+            "--latency-load-seconds",
+            type=float,
+            metavar="S",
+            help="exec storm and churn window per daemon (default 5; 30 with --latency-full)",
+        )
+        group.add_argument(
             "--latency-private-netns",
             action="store_true",
             help="stay in the bench's private namespace (no exec events there)",
@@ -271,19 +310,20 @@ class LatencySection:
     def run(self, args: argparse.Namespace, out: TextIO) -> SectionResult:
         trials = args.latency_rt_trials or (100 if args.latency_full else 5)
         idle = args.latency_idle_seconds or (120.0 if args.latency_full else 10.0)
+        load = args.latency_load_seconds or (30.0 if args.latency_full else 5.0)
         if args.latency_private_netns:
-            return self._measure(trials, idle, out)
+            return self._measure(trials, idle, load, out)
         print(
             "in the namespace the bench started in (the proc connector works only in the "
             "initial one)",
             file=out,
         )
         with started_netns():
-            return self._measure(trials, idle, out)
+            return self._measure(trials, idle, load, out)
 
-    def _measure(self, trials: int, idle: float, out: TextIO) -> SectionResult:
-        realtime, took_key = measure_daemon("portwatchd (default)", True, trials, idle)
-        polling, _ = measure_daemon("portwatchd polling only", False, trials, idle)
+    def _measure(self, trials: int, idle: float, load: float, out: TextIO) -> SectionResult:
+        realtime, took_key = measure_daemon("portwatchd (default)", True, trials, idle, load)
+        polling, _ = measure_daemon("portwatchd polling only", False, trials, idle, load)
         spread = max(5.0, trials * 0.1)
         ss = measure_ss(trials, spread, SHORT_LIFETIME_S)
         original = MethodResult(
@@ -308,6 +348,8 @@ class LatencySection:
         print(
             "(ss: new = from listen() in an old process; idle CPU = ss and its parsing)", file=out
         )
+        print(f"the daemons' CPU under load, {load:g} s each (rates reached):", file=out)
+        print(format_table(LOAD_HEADERS, load_rows(results)), file=out)
         section = SectionResult(records=[_record(r) for r in results])
         if took_key:
             section.checks += target_checks(realtime)
@@ -330,6 +372,8 @@ def _record(r: MethodResult) -> dict[str, Any]:
         "short_trials": r.short_trials,
         "idle_cpu_percent": r.cpu_percent,
         "missed": r.missed,
+        "exec_storm": None if r.storm is None else vars(r.storm),
+        "churn": None if r.churn is None else vars(r.churn),
     }
 
 

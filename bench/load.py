@@ -43,6 +43,47 @@ print(s.getsockname()[1], time.monotonic(), flush=True)
 sys.stdin.read()
 """
 
+# Loopback connections made and closed at a rate (argv: per second, for how
+# many seconds): prints "ready", then, at the end, how many it made.
+CONNECTION_CHURN = """
+import socket, sys, time
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1024)
+address = server.getsockname()
+print("ready", flush=True)
+start = time.monotonic()
+made = 0
+while (now := time.monotonic()) - start < seconds:
+    if made > (now - start) * rate:
+        time.sleep(0.001)
+        continue
+    client = socket.create_connection(address)
+    accepted, _ = server.accept()
+    client.close()
+    accepted.close()
+    made += 1
+print(made, flush=True)
+"""
+
+# Programs started at a rate (argv: per second, for how many seconds), each
+# /bin/true: an exec storm. Prints "ready", then how many it started.
+EXEC_STORM = """
+import os, sys, time
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+print("ready", flush=True)
+start = time.monotonic()
+made = 0
+while (now := time.monotonic()) - start < seconds:
+    if made > (now - start) * rate:
+        time.sleep(0.001)
+        continue
+    os.waitpid(os.posix_spawn("/bin/true", ["/bin/true"], os.environ), 0)
+    made += 1
+print(made, flush=True)
+"""
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Connections are made in batches no larger than the accept backlog: a

@@ -67,6 +67,7 @@ class RealTime:
         self._destroys: dict[int, DestroyWatch] = {}  # netns (0: the host's) -> its watch
         self._destroy_refused: dict[int, str] = {}
         self._timer: Timer | None = None
+        self._exec_paused: Timer | None = None
 
     # -- start and stop ----------------------------------------------------------
 
@@ -98,8 +99,9 @@ class RealTime:
         return {"closes": closes, "new programs": self._exec_state}
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._exec_paused):
+            if timer is not None:
+                timer.cancel()
         if self._exec is not None:
             self.reactor.remove(self._exec)
             self._exec.close()
@@ -181,6 +183,16 @@ class RealTime:
             self._look("scan")
         self.followups.exec_seen(now, batch.execs)
         self._arm(now)
+        # Read on only after a pause: in a storm each message would be a turn
+        # of the loop. What comes meanwhile waits in the socket (its buffer
+        # holds thousands) and asks for looks no sooner than the pause anyway.
+        self.reactor.remove_reader(self._exec)
+        self._exec_paused = self.reactor.call_later(self.followups.read_pause(), self._read_execs)
+
+    def _read_execs(self) -> None:
+        self._exec_paused = None
+        if self._exec is not None:
+            self.reactor.add_reader(self._exec, self._on_exec)
 
     def looked(self) -> None:
         """A full look started, for whatever reason: follow-ups due by now are done."""

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portwatchd import followups
-from portwatchd.followups import DELAYS, FollowUps
+from portwatchd.followups import DELAYS, LOOK_RATE, FollowUps
 
 
 def run(schedule: FollowUps, execs: list[tuple[float, int]], until: float) -> list[float]:
@@ -79,7 +79,8 @@ def test_looks_keep_the_minimum_gap() -> None:
 def test_every_exec_is_followed_up_to_its_last_delay_with_gaps_kept(
     execs: list[tuple[float, int]],
 ) -> None:
-    schedule = FollowUps(storm_rate=1e9)  # no storm: per-exec follow-ups only
+    # No storm and no budget: per-exec follow-ups only (the budget's own test is below).
+    schedule = FollowUps(storm_rate=1e9, look_rate=1e9)
     looks = run(schedule, execs, until=100.0)
     gaps = [b - a for a, b in itertools.pairwise(looks)]
     assert all(gap >= schedule.min_gap - 1e-9 for gap in gaps)
@@ -87,6 +88,31 @@ def test_every_exec_is_followed_up_to_its_last_delay_with_gaps_kept(
         for delay in DELAYS:
             # Some look at or after each due time, at most one gap late.
             assert any(when + delay <= t <= when + delay + schedule.min_gap + 1e-9 for t in looks)
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 5, allow_nan=False), st.integers(1, 3)), min_size=1, max_size=60
+    )
+)
+def test_the_budget_bounds_the_looks_and_every_exec_is_still_followed_to_its_end(
+    execs: list[tuple[float, int]],
+) -> None:
+    schedule = FollowUps(storm_rate=1e9)  # the budget alone
+    looks = run(schedule, execs, until=100.0)
+    for start in looks:
+        in_a_second = [t for t in looks if start <= t < start + 1.0]
+        assert len(in_a_second) <= schedule.look_burst + schedule.look_rate
+    # Late, perhaps, but each exec's last follow-up has a look at or after it.
+    assert looks[-1] >= max(when for when, _ in execs) + DELAYS[-1]
+    assert schedule.next_look_at() is None
+
+
+def test_a_storm_below_the_storm_rate_costs_no_more_than_the_budget() -> None:
+    steady = [(10.0 + i / 40, 1) for i in range(200)]  # 40 execs/s for 5 s
+    looks = run(FollowUps(), steady, until=15.0)
+    in_steady = [t for t in looks if 11.0 <= t < 14.0]
+    assert len(in_steady) <= 3 * LOOK_RATE + 1
 
 
 def test_a_storm_turns_into_a_plain_short_poll_and_back() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency import MethodResult, report_rows, target_checks
+from bench.latency import MethodResult, load_rows, report_rows, target_checks
+from bench.latency_load import LoadCost
 from tests.netns import netns_unavailable_reason
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -58,8 +59,10 @@ def test_targets_pass_on_numbers_within_the_issue() -> None:
         short={"transient": 10},
         short_trials=10,
         cpu_percent=0.03,
+        storm=LoadCost(rate=199.0, cpu_percent=2.9),
+        churn=LoadCost(rate=5000.0, cpu_percent=0.4),
     )
-    assert [check.passed for check in target_checks(good)] == [True] * 6
+    assert [check.passed for check in target_checks(good)] == [True] * 8
 
 
 def test_each_target_fails_on_its_own_number() -> None:
@@ -70,6 +73,8 @@ def test_each_target_fails_on_its_own_number() -> None:
         short_trials=10,
         cpu_percent=0.2,
         missed=1,
+        storm=LoadCost(rate=200.0, cpu_percent=3.1),
+        churn=LoadCost(rate=5000.0, cpu_percent=0.6),
     )
     failed = [check.target for check in target_checks(bad) if not check.passed]
     assert failed == [
@@ -79,11 +84,14 @@ def test_each_target_fails_on_its_own_number() -> None:
         "100 ms listener reported every time",
         "idle CPU <= 0.05% of a core",
         "no close or new-process event missed",
+        "exec storm: CPU <= 3% of a core",
+        "connection churn: CPU <= 0.5% of a core",
     ]
 
 
 def test_no_measurement_is_a_failure_not_a_pass() -> None:
-    assert not any(check.passed for check in target_checks(_result())[:4])
+    checks = target_checks(_result())
+    assert not any(check.passed for check in checks[:4] + checks[6:])
 
 
 def test_the_table_row_says_how_short_listeners_were_reported() -> None:
@@ -93,3 +101,8 @@ def test_the_table_row_says_how_short_listeners_were_reported() -> None:
     assert row[0][0] == "portwatchd (default)"
     assert row[0][6] == "2 missed, 3 transient (of 5)"
     assert row[0][3] == "-"  # no new-process trial
+
+
+def test_the_load_table_gives_rates_reached_and_cpu() -> None:
+    rows = load_rows([_result(storm=LoadCost(rate=198.4, cpu_percent=1.234)), MethodResult("ss")])
+    assert rows == [["portwatchd (default)", "198/s", "1.23 %", "-", "-"]]
