@@ -25,6 +25,7 @@ from portwatchd.lookup import LookupResult, OwnerLookup, lookup_job
 from portwatchd.model import (
     PRIORITY_ERR,
     PRIORITY_INFO,
+    PRIORITY_WARNING,
     Detection,
     Endpoint,
     Owner,
@@ -34,7 +35,7 @@ from portwatchd.model import (
 from portwatchd.ownerbook import OwnerBook
 from portwatchd.passes import Chunk, Confirmation, EngineStats, Pass, chunks_of, destroy_pass
 from portwatchd.sources.base import ScanError, Scanner
-from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange
+from portwatchd.transient import DEFAULT_EPHEMERAL, PortRange, TransientBudget
 
 Say = Callable[[int, str], None]
 
@@ -87,6 +88,7 @@ class Engine:
         # Destroy messages name sockets by cookie; those that come while a
         # pass waits for owners wait for it.
         self._cookies = CookieIndex()
+        self.transients = TransientBudget()
         self._held_destroys: list[Endpoint] = []
         self._last_look: float | None = None
         # Called when held destroy messages need a full look (see destroyed()).
@@ -283,9 +285,13 @@ class Engine:
         self._owners.forget(pass_.gone)
         refreshed, handed = self._owners.take(result, pass_.sockets, pass_.new)
         drafts += owner_changes(handed, time=time_text, detected=pass_.detected, judge=judge)
-        drafts += transient_drafts(
-            pass_.transients, judge=judge, time=time_text, lived_at_most_s=pass_.since_look_s
+        drafts += self.transients.admit(
+            transient_drafts(
+                pass_.transients, judge=judge, time=time_text, lived_at_most_s=pass_.since_look_s
+            ),
+            now,
         )
+        self._say_transients_held_back(now)
         added = [
             (pass_.sockets[inode], self._owners.get(inode))
             for inode in sorted(pass_.new | (refreshed & pass_.sockets.keys()))
@@ -339,7 +345,13 @@ class Engine:
 
     def _scanned(self, started: float) -> None:
         self.stats.last_scan_time = rfc3339(self._now())
-        self.stats.last_scan_duration_ms = (self._monotonic() - started) * 1000
+        now = self._monotonic()
+        self.stats.last_scan_duration_ms = (now - started) * 1000
+        self._say_transients_held_back(now)  # those of a flood that ended since
+
+    def _say_transients_held_back(self, now: float) -> None:
+        if warning := self.transients.warning(now):
+            self._say(PRIORITY_WARNING, warning)
 
     def _scan_failed(self, message: str) -> None:
         self.stats.scan_errors_total += 1

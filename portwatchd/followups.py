@@ -43,6 +43,8 @@ import heapq
 from collections import deque
 from typing import Final
 
+from portwatchd.budget import TokenBucket
+
 DELAYS: Final = (0.010, 0.020, 0.030, 0.045, 0.065, 0.090, 0.130, 0.250, 0.500)
 MIN_GAP_S: Final = 0.010
 LOOK_RATE: Final = 20.0  # looks per second, sustained
@@ -75,7 +77,7 @@ class FollowUps:
         self.storm_interval = storm_interval
         self.look_rate = look_rate
         self.look_burst = look_burst
-        self._tokens = look_burst  # as of the last look
+        self._budget = TokenBucket(look_rate, look_burst)
         self.storm = False
         self._due: list[float] = []  # a heap of times a look was asked for
         self._execs: deque[tuple[float, int]] = deque()  # (when, how many), within the window
@@ -116,16 +118,11 @@ class FollowUps:
         earliest = self._due[0]
         if self._last_look is None:
             return earliest
-        # The budget: when the bucket holds a whole look again.
-        budget = self._last_look + max(0.0, 1.0 - self._tokens) / self.look_rate
-        return max(earliest, self._last_look + self.min_gap, budget)
+        return max(earliest, self._last_look + self.min_gap, self._budget.next_token_at())
 
     def looked(self, now: float) -> None:
         """A full look started at `now`, for whatever reason: it satisfies what was due by then."""
-        if self._last_look is not None:
-            refill = (now - self._last_look) * self.look_rate
-            self._tokens = min(self.look_burst, self._tokens + refill)
-        self._tokens -= 1.0
+        self._budget.spend(now)
         self._last_look = now
         while self._due and self._due[0] <= now:
             heapq.heappop(self._due)

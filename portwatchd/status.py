@@ -80,6 +80,7 @@ def status_report(runner: Runner) -> dict[str, Any]:
         "state_dir": runner.reloader.state_dir,
         "last_reload": runner.reloader.last,
         "confirmations_total": stats.confirmations_total,
+        "transients_suppressed_total": runner.engine.transients.suppressed_total,
         **_realtime_report(runner),
         **_namespaces_report(runner),
     }

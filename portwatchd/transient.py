@@ -18,10 +18,21 @@ kernel resets its dport to 0 but keeps the peer's address.
 from __future__ import annotations
 
 from collections.abc import Container, Iterable
+from typing import Final
 
-from portwatchd.model import Endpoint
+from portwatchd.budget import TokenBucket
+from portwatchd.model import Endpoint, EventDraft
 
 PortRange = tuple[int, int]
+
+# At most this many `transient` events a second, TRANSIENT_BURST at once. A
+# program that opens and closes listeners as fast as it can (40,000 a second
+# measured) would otherwise fill the journal and the store with them and
+# slow every look; the rest are counted (status) and said in one warning
+# every SUPPRESSED_SAID_EVERY_S while it lasts.
+TRANSIENT_RATE: Final = 100.0
+TRANSIENT_BURST: Final = 1000.0
+SUPPRESSED_SAID_EVERY_S: Final = 10.0
 # The kernel's default, should the sysctl be unreadable.
 DEFAULT_EPHEMERAL: PortRange = (32768, 60999)
 
@@ -87,3 +98,54 @@ def split_destroyed(
         elif is_listening_shaped(endpoint, ephemeral):
             unseen.append(endpoint)
     return known, unseen
+
+
+class TransientBudget:
+    """Which `transient` drafts are reported (see TRANSIENT_RATE), and the
+    warning about the others.
+
+    >>> from portwatchd.model import UNKNOWN_OWNER
+    >>> budget = TransientBudget(rate=1.0, burst=2.0)
+    >>> drafts = [EventDraft("transient", Endpoint("tcp", "ipv6", "::", p), UNKNOWN_OWNER, "")
+    ...           for p in (7001, 7002, 7003)]
+    >>> [d.endpoint.port for d in budget.admit(drafts, now=0.0)]
+    [7001, 7002]
+    >>> print(budget.warning(now=0.0))  # doctest: +ELLIPSIS
+    1 transient listener not reported one by one (more than 1 a second, ...), the last tcp:[::]:7003
+    >>> budget.warning(now=1.0) is None
+    True
+    """
+
+    def __init__(self, rate: float = TRANSIENT_RATE, burst: float = TRANSIENT_BURST) -> None:
+        self._bucket = TokenBucket(rate, burst)
+        self.suppressed_total = 0
+        self._unsaid = 0
+        self._last: Endpoint | None = None
+        self._said_at: float | None = None
+
+    def admit(self, drafts: list[EventDraft], now: float) -> list[EventDraft]:
+        """The drafts to report; the others are counted."""
+        if not drafts:
+            return drafts
+        kept = self._bucket.take(len(drafts), now)
+        if kept < len(drafts):
+            self.suppressed_total += len(drafts) - kept
+            self._unsaid += len(drafts) - kept
+            self._last = drafts[-1].endpoint
+        return drafts[:kept]
+
+    def warning(self, now: float) -> str | None:
+        """What to say now about transients not reported, if anything:
+        at once when it starts, then at most every SUPPRESSED_SAID_EVERY_S."""
+        if not self._unsaid:
+            return None
+        if self._said_at is not None and now - self._said_at < SUPPRESSED_SAID_EVERY_S:
+            return None
+        bucket = self._bucket
+        count, self._unsaid, self._said_at = self._unsaid, 0, now
+        noun = "listener" if count == 1 else "listeners"
+        return (
+            f"{count} transient {noun} not reported one by one (more than"
+            f" {bucket.rate:g} a second, {bucket.burst:g} at once), the last"
+            f" {self._last.key if self._last else '?'}"
+        )

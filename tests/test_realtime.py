@@ -78,6 +78,27 @@ def test_a_listener_that_lives_50_ms_is_reported_transient(slow_poll: Daemon) ->
     assert event["owner"]["pid"] is None  # gone with its socket: never a guess
 
 
+def test_a_flood_of_transient_listeners_is_bounded_counted_and_said(slow_poll: Daemon) -> None:
+    flood = 1500
+    for _ in range(flood):
+        listen_tcp().close()
+    warning = slow_poll.wait_line(lambda r: "not reported one by one" in r.get("message", ""))
+    assert warning["priority"] == "warning"
+    slow_poll.drain_events()
+    status = status_of(slow_poll)
+    reported, suppressed = (
+        status["events_by_type"]["transient"],
+        status["transients_suppressed_total"],
+    )
+    # The burst (1,000) and what the bucket refilled meanwhile (100 a second).
+    assert 1000 <= reported < flood
+    # Each message either reported or counted (a flood this fast may overrun
+    # the subscription: those messages the kernel dropped, and says so).
+    assert reported + suppressed == status["destroy_messages_total"]
+    # Said at once: those of the first batch past the bound, the rest within 10 s.
+    assert 1 <= int(warning["message"].split()[0]) <= suppressed
+
+
 def test_a_udp_socket_in_the_ephemeral_range_is_not_a_transient_listener(
     slow_poll: Daemon,
 ) -> None:

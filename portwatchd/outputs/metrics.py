@@ -10,7 +10,7 @@ Status keys read (each one optional; a family whose key is missing is left
 out rather than shown as a made-up 0): version, events_by_type (else
 events_total), scans_total, last_scan_duration_ms, last_scan_time, detections, scan_error,
 journal_error, store_error, scan_errors_total, journal_errors_total,
-store_errors_total, last_seq.
+store_errors_total, last_seq, transients_suppressed_total.
 """
 
 from __future__ import annotations
@@ -153,6 +153,12 @@ def _scan_families(status: Mapping[str, Any]) -> list[_Family | None]:
         duration_s = status["last_scan_duration_ms"] / 1000
     return [
         _counter(status, "scans_total", "scans_total", "Scans of the listening sockets."),
+        _counter(
+            status,
+            "transients_suppressed_total",
+            "transients_suppressed_total",
+            "Transient listeners counted but not reported one by one (the rate bound).",
+        ),
         _value_family(
             "last_scan_duration_seconds", "How long the last scan took, in seconds.", duration_s
         ),
