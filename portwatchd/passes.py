@@ -42,10 +42,11 @@ def destroy_pass(
 ) -> Pass:
     """The pass of destroy messages: the watched `sockets` less those `gone`
     (at the cost of their keys, see diff.without), and the `transients`."""
-    after, changes = without(snapshot, [sockets[inode] for inode in gone])
+    closed = [sockets[inode] for inode in gone if inode in sockets]
+    after, changes = without(snapshot, closed)
     left = dict(sockets)
-    for inode in gone:
-        del left[inode]
+    for endpoint in closed:
+        del left[endpoint.inode]
     return Pass(
         endpoints=None,
         snapshot=after,
@@ -54,7 +55,7 @@ def destroy_pass(
         detected="destroy",
         started=started,
         baseline=False,
-        gone=set(gone),
+        gone={endpoint.inode for endpoint in closed},
         transients=transients,
         since_look_s=since_look_s,
     )

@@ -13,6 +13,7 @@ process on a dead mount) is a hang the watchdog should see.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -161,6 +162,10 @@ class Runner:
         )
         self._next_scan = self._monotonic() + self.poll_interval
         self._next_heartbeat = self._monotonic()  # alive from now: dates a crash's downtime
+        # What start-up made (modules, classes, the first snapshot) lives as
+        # long as the daemon. A full collection would walk it every time, a
+        # pause of about 7 ms in the loop; frozen, it is never walked again.
+        gc.freeze()
         while not self._stop:
             self._turn(self._until_due())
             if self._reload and self._monotonic() >= self._next_reload:

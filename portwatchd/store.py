@@ -12,10 +12,10 @@ returns). A write with `durable=True` (synchronous=FULL) also waits for
 the disk, and makes every commit before it survive a power loss; one
 without (synchronous=NORMAL) does not wait, so that an event reaches its
 clients without an fsync in the way. The log decides which writes wait.
-A file that is
-not a database, is damaged, or holds another schema is renamed
-events.db.corrupt-<UTC time> (never deleted) and a new one is started; a
-0.1 state.json is imported once and renamed state.json.migrated.
+
+A file that is not a database, is damaged, or holds another schema is
+renamed events.db.corrupt-<UTC time> (never deleted) and a new one is
+started; a 0.1 state.json is imported once and renamed state.json.migrated.
 """
 
 from __future__ import annotations
