@@ -52,6 +52,10 @@ IDLE_LISTENERS = 100
 SHORT_LIFETIME_S = 0.1
 SHORT_REPORT_WAIT_S = 0.5
 SHORT_REPORTS = frozenset({"transient", "opened"})
+# No look can see it once closed: a report after this long would be a daemon
+# stalled that long, not a slow look.
+SHORT_LATE_WAIT_S = 2.0
+LOOK_SLACK_S = 0.1  # a look's own time, and the follow stream's
 
 
 @dataclass
@@ -63,6 +67,7 @@ class MethodResult:
     short: dict[str, int] = field(default_factory=dict)  # how reported -> trials
     short_trials: int = 0
     short_late_ms: list[float] = field(default_factory=list)  # close to a report past the wait
+    old_open_ms: list[float] = field(default_factory=list)  # an old process's listen() to "opened"
     cpu_percent: float | None = None
     missed: int = 0  # close and new-process trials whose event never came
     storm: LoadCost | None = None
@@ -83,11 +88,14 @@ def random_phase() -> None:
 
 
 def close_trial(follow: Follower, result: MethodResult, timeout: float) -> None:
+    listened_at = time.monotonic()
     sock, key = _listener()
-    if follow.wait(key, {"opened"}, timeout) is None:
+    opened = follow.wait(key, {"opened"}, timeout)
+    if opened is None:
         sock.close()
         result.missed += 1
         return
+    result.old_open_ms.append((opened[0] - listened_at) * 1000)
     random_phase()
     closed_at = time.monotonic()
     sock.close()
@@ -137,7 +145,7 @@ def short_listener_trial(follow: Follower, result: MethodResult, timeout: float)
     got = follow.wait(key, SHORT_REPORTS, SHORT_REPORT_WAIT_S)
     late = got is None
     if late:
-        got = follow.wait(key, SHORT_REPORTS, timeout)
+        got = follow.wait(key, SHORT_REPORTS, SHORT_LATE_WAIT_S)
     if got is None:
         how = "missed"
     else:
@@ -275,6 +283,12 @@ def target_checks(r: MethodResult) -> list[Check]:
             f"{r.cpu_percent:.3f} %" if r.cpu_percent is not None else "-",
         ),
         Check("no close or new-process event missed", r.missed == 0, f"{r.missed} missed"),
+        Check(
+            f"old process's new listener <= the {SAFETY_NET_POLL_S:g} s poll"
+            f" (+{LOOK_SLACK_S * 1000:g} ms for the look)",
+            bool(r.old_open_ms) and max(r.old_open_ms) <= (SAFETY_NET_POLL_S + LOOK_SLACK_S) * 1000,
+            f"max {format_ms(max(r.old_open_ms, default=None))}",
+        ),
         _load_check("exec storm: CPU <= 3% of a core", r.storm, 3.0),
         _load_check("connection churn: CPU <= 0.5% of a core", r.churn, 0.5),
     ]
@@ -384,6 +398,7 @@ def _record(r: MethodResult) -> dict[str, Any]:
         "short": r.short,
         "short_trials": r.short_trials,
         "short_late_ms": r.short_late_ms,
+        "old_open_ms": r.old_open_ms,
         "idle_cpu_percent": r.cpu_percent,
         "missed": r.missed,
         "exec_storm": None if r.storm is None else vars(r.storm),

@@ -61,8 +61,9 @@ def test_targets_pass_on_numbers_within_the_issue() -> None:
         cpu_percent=0.03,
         storm=LoadCost(rate=199.0, cpu_percent=2.9),
         churn=LoadCost(rate=5000.0, cpu_percent=0.4),
+        old_open_ms=[2500.0, 5050.0],
     )
-    assert [check.passed for check in target_checks(good)] == [True] * 8
+    assert [check.passed for check in target_checks(good)] == [True] * 9
 
 
 def test_each_target_fails_on_its_own_number() -> None:
@@ -75,6 +76,7 @@ def test_each_target_fails_on_its_own_number() -> None:
         missed=1,
         storm=LoadCost(rate=200.0, cpu_percent=3.1),
         churn=LoadCost(rate=5000.0, cpu_percent=0.6),
+        old_open_ms=[2500.0, 5200.0],
     )
     failed = [check.target for check in target_checks(bad) if not check.passed]
     assert failed == [
@@ -84,6 +86,7 @@ def test_each_target_fails_on_its_own_number() -> None:
         "100 ms listener reported every time",
         "idle CPU <= 0.05% of a core",
         "no close or new-process event missed",
+        "old process's new listener <= the 5 s poll (+100 ms for the look)",
         "exec storm: CPU <= 3% of a core",
         "connection churn: CPU <= 0.5% of a core",
     ]
