@@ -18,10 +18,10 @@ from portwatchd.model import UNKNOWN_OWNER, Endpoint, Owner
 Handover = tuple[Endpoint, Owner, Owner]
 
 # A socket nobody could be seen holding is looked for again at the next
-# owner check (OWNER_RECHECK_S), then after 4 s, 8 s, ... up to 5 minutes. The kernel's own sockets
-# (nfsd, lockd) and those of processes in a PID namespace we cannot see
-# never get an owner, and each retry reads the fd tables of every process
-# started since the last one.
+# owner check (OWNER_RECHECK_S), then after 4 s, 8 s, ... up to 5 minutes.
+# The kernel's own sockets (nfsd, lockd) and those of processes in a PID
+# namespace we cannot see never get an owner, and each retry reads the fd
+# tables of every process started since the last one.
 UNKNOWN_RETRY_WAIT_S = 4.0  # after the first retry; doubled after each
 UNKNOWN_RETRY_MAX_S = 300.0
 
