@@ -37,7 +37,14 @@ from typing import Any, TextIO
 
 from bench.daemon_process import DaemonError, RunningDaemon
 from bench.latency_follow import Follower
-from bench.latency_load import LoadCost, connection_churn, exec_storm
+from bench.latency_load import (
+    LOAD_HEADERS,
+    LoadCost,
+    connection_churn,
+    exec_storm,
+    load_check,
+    load_row,
+)
 from bench.latency_ss import SS_INTERVAL_S, measure_ss
 from bench.load import NEW_SERVER
 from bench.netns import started_netns
@@ -230,22 +237,6 @@ def report_rows(results: list[MethodResult]) -> list[list[str]]:
     return rows
 
 
-def _load_cells(cost: LoadCost | None) -> list[str]:
-    if cost is None:
-        return ["-", "-"]
-    return [f"{cost.rate:,.0f}/s", f"{cost.cpu_percent:.2f} %"]
-
-
-def load_rows(results: list[MethodResult]) -> list[list[str]]:
-    return [
-        [r.name, *_load_cells(r.storm), *_load_cells(r.churn)]
-        for r in results
-        if r.storm is not None or r.churn is not None
-    ]
-
-
-LOAD_HEADERS = ["method", "execs", "CPU", "connections", "CPU"]
-
 HEADERS = [
     "method",
     "close p50",
@@ -289,15 +280,9 @@ def target_checks(r: MethodResult) -> list[Check]:
             bool(r.old_open_ms) and max(r.old_open_ms) <= (SAFETY_NET_POLL_S + LOOK_SLACK_S) * 1000,
             f"max {format_ms(max(r.old_open_ms, default=None))}",
         ),
-        _load_check("exec storm: CPU <= 3% of a core", r.storm, 3.0),
-        _load_check("connection churn: CPU <= 0.5% of a core", r.churn, 0.5),
+        load_check("exec storm: CPU <= 3% of a core", r.storm, 3.0),
+        load_check("connection churn: CPU <= 0.5% of a core", r.churn, 0.5),
     ]
-
-
-def _load_check(name: str, cost: LoadCost | None, limit: float) -> Check:
-    if cost is None:
-        return Check(name, False, "not measured")
-    return Check(name, cost.cpu_percent <= limit, f"{cost.cpu_percent:.2f} % at {cost.rate:,.0f}/s")
 
 
 class LatencySection:
@@ -376,7 +361,8 @@ class LatencySection:
             "(ss: new = from listen() in an old process; idle CPU = ss and its parsing)", file=out
         )
         print(f"the daemons' CPU under load, {load:g} s each (rates reached):", file=out)
-        print(format_table(LOAD_HEADERS, load_rows(results)), file=out)
+        loaded = [load_row(r.name, r.storm, r.churn) for r in results if r.storm or r.churn]
+        print(format_table(LOAD_HEADERS, loaded), file=out)
         section = SectionResult(records=[_record(r) for r in results])
         if took_key:
             section.checks += target_checks(realtime)

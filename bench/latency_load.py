@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from bench.daemon_process import RunningDaemon
 from bench.load import CONNECTION_CHURN, EXEC_STORM, LoadError
+from bench.section import Check
 
 EXEC_STORM_RATE = 200.0  # execs per second
 CHURN_RATE = 5000.0  # connections per second
@@ -59,3 +60,24 @@ def exec_storm(daemon: RunningDaemon, seconds: float) -> LoadCost:
 
 def connection_churn(daemon: RunningDaemon, seconds: float) -> LoadCost:
     return cost_under(daemon, CONNECTION_CHURN, CHURN_RATE, seconds)
+
+
+LOAD_HEADERS = ["method", "execs", "CPU", "connections", "CPU"]
+
+
+def _cells(cost: LoadCost | None) -> list[str]:
+    if cost is None:
+        return ["-", "-"]
+    return [f"{cost.rate:,.0f}/s", f"{cost.cpu_percent:.2f} %"]
+
+
+def load_row(name: str, storm: LoadCost | None, churn: LoadCost | None) -> list[str]:
+    """A row of the load table (LOAD_HEADERS)."""
+    return [name, *_cells(storm), *_cells(churn)]
+
+
+def load_check(name: str, cost: LoadCost | None, limit: float) -> Check:
+    """CPU at most `limit` % of a core; no measurement is a failure."""
+    if cost is None:
+        return Check(name, False, "not measured")
+    return Check(name, cost.cpu_percent <= limit, f"{cost.cpu_percent:.2f} % at {cost.rate:,.0f}/s")

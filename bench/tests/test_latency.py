@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency import MethodResult, load_rows, report_rows, target_checks
-from bench.latency_load import LoadCost
+from bench.latency import MethodResult, report_rows, target_checks
+from bench.latency_load import LoadCost, load_row
 from tests.netns import netns_unavailable_reason
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -107,5 +107,5 @@ def test_the_table_row_says_how_short_listeners_were_reported() -> None:
 
 
 def test_the_load_table_gives_rates_reached_and_cpu() -> None:
-    rows = load_rows([_result(storm=LoadCost(rate=198.4, cpu_percent=1.234)), MethodResult("ss")])
-    assert rows == [["portwatchd (default)", "198/s", "1.23 %", "-", "-"]]
+    row = load_row("portwatchd (default)", LoadCost(rate=198.4, cpu_percent=1.234), None)
+    assert row == ["portwatchd (default)", "198/s", "1.23 %", "-", "-"]
