@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -43,15 +44,15 @@ print(s.getsockname()[1], time.monotonic(), flush=True)
 sys.stdin.read()
 """
 
-# Loopback connections made and closed at a rate (argv: per second, for how
-# many seconds): prints "ready", then, at the end, how many it made.
-CONNECTION_CHURN = """
-import socket, sys, time
+
+def at_a_rate(setup: str, action: str) -> str:
+    """A script (for `python -c`) that runs `action` argv[1] times a second
+    for argv[2] seconds, after `setup`: it prints "ready", and at the end
+    how many times it ran."""
+    return f"""
+import os, socket, sys, time
 rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-server = socket.socket()
-server.bind(("127.0.0.1", 0))
-server.listen(1024)
-address = server.getsockname()
+{setup}
 print("ready", flush=True)
 start = time.monotonic()
 made = 0
@@ -59,30 +60,29 @@ while (now := time.monotonic()) - start < seconds:
     if made > (now - start) * rate:
         time.sleep(0.001)
         continue
-    client = socket.create_connection(address)
-    accepted, _ = server.accept()
-    client.close()
-    accepted.close()
+{textwrap.indent(action, "    ")}
     made += 1
 print(made, flush=True)
 """
 
-# Programs started at a rate (argv: per second, for how many seconds), each
-# /bin/true: an exec storm. Prints "ready", then how many it started.
-EXEC_STORM = """
-import os, sys, time
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-print("ready", flush=True)
-start = time.monotonic()
-made = 0
-while (now := time.monotonic()) - start < seconds:
-    if made > (now - start) * rate:
-        time.sleep(0.001)
-        continue
-    os.waitpid(os.posix_spawn("/bin/true", ["/bin/true"], os.environ), 0)
-    made += 1
-print(made, flush=True)
-"""
+
+# Loopback connections made and closed at a rate: churn.
+CONNECTION_CHURN = at_a_rate(
+    setup="""server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1024)
+address = server.getsockname()""",
+    action="""client = socket.create_connection(address)
+accepted, _ = server.accept()
+client.close()
+accepted.close()""",
+)
+
+# Programs started at a rate, each /bin/true: an exec storm.
+EXEC_STORM = at_a_rate(
+    setup="",
+    action='os.waitpid(os.posix_spawn("/bin/true", ["/bin/true"], os.environ), 0)',
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
