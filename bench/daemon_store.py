@@ -53,6 +53,7 @@ from bench.burst import Burst, EventLines
 from bench.control import ControlClient
 from bench.daemon_process import DaemonError, RunningDaemon
 from bench.daemon_store_report import Measured, report
+from bench.load import NEW_SERVER
 from bench.section import SectionResult
 from bench.store import build_history
 from portwatchd.model import rfc3339
@@ -70,16 +71,14 @@ BURST_TIMEOUT_S = 120.0
 NOTIFY_QUEUE = 512
 EVENTS_REQUEST = b'{"v":1,"req":"events","limit":50}\n'
 
-_WAITING_SERVER = """
-import socket, sys, time
+# NEW_SERVER once told to: it says "up", and listens after a line on stdin.
+_WAITING_SERVER = (
+    """
+import sys
 print("up", flush=True)
-sys.stdin.readline()
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen()
-print(s.getsockname()[1], time.monotonic(), flush=True)
-sys.stdin.read()
-"""
+sys.stdin.readline()"""
+    + NEW_SERVER
+)
 
 
 def prepare_history(directory: str, count: int) -> None:
